@@ -1,0 +1,204 @@
+// config.json -> ModelConfig. Two generations of transformers write RoPE settings differently:
+// up to 4.x `rope_theta` + `rope_scaling` ({"type"|"rope_type": ...}); 5.x a `rope_parameters`
+// object holding `rope_type` and `rope_theta` too. Both are accepted.
+#include "util/strings.hpp"
+#include <nlohmann/json.hpp>
+
+#include "io/atomic_file.hpp"
+#include "io/json_file.hpp"
+#include "temper/config.hpp"
+#include "util/status_macros.hpp"
+
+namespace temper {
+namespace {
+
+absl::Status invalid(std::string_view source, std::string_view message) {
+  return absl::InvalidArgumentError(str_cat(source, ": ", message));
+}
+
+absl::StatusOr<int64_t> positive_int(const nlohmann::json& obj, std::string_view field, std::string_view source) {
+  TEMPER_ASSIGN_OR_RETURN(int64_t value, json_int(obj, field, source));
+  if (value <= 0) return invalid(source, str_cat("field \"", field, "\" must be positive, found ", value));
+  return value;
+}
+
+// Accepts an id, a list of ids, or null.
+absl::StatusOr<std::vector<int64_t>> id_list(const nlohmann::json& obj, std::string_view field, std::string_view source) {
+  std::vector<int64_t> ids;
+  auto it = obj.find(std::string(field));
+  if (it == obj.end() || it->is_null()) return ids;
+  if (it->is_number_integer()) {
+    ids.push_back(it->get<int64_t>());
+    return ids;
+  }
+  if (it->is_array()) {
+    for (const auto& v : *it) {
+      if (!v.is_number_integer()) return invalid(source, str_cat("field \"", field, "\" must hold integer ids"));
+      ids.push_back(v.get<int64_t>());
+    }
+    return ids;
+  }
+  return invalid(source, str_cat("field \"", field, "\" must be an id or a list of ids"));
+}
+
+absl::Status parse_rope(const nlohmann::json& obj, std::string_view source, ModelConfig& config) {
+  const nlohmann::json* params = nullptr;
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    auto it = obj.find(key);
+    if (it != obj.end() && !it->is_null()) {
+      if (!it->is_object()) return invalid(source, str_cat("field \"", key, "\" must be an object"));
+      params = &*it;
+      break;
+    }
+  }
+  TEMPER_ASSIGN_OR_RETURN(std::optional<double> theta, json_optional_number(obj, "rope_theta", source));
+  if (params != nullptr) {
+    TEMPER_ASSIGN_OR_RETURN(std::optional<double> inner_theta, json_optional_number(*params, "rope_theta", source));
+    if (inner_theta) theta = inner_theta;
+  }
+  config.rope_theta = theta.value_or(10000.0);
+  if (config.rope_theta <= 0) return invalid(source, "rope_theta must be positive");
+  if (params == nullptr) return absl::OkStatus();
+
+  TEMPER_ASSIGN_OR_RETURN(std::optional<std::string> type, json_optional_string(*params, "rope_type", source));
+  if (!type) {
+    TEMPER_ASSIGN_OR_RETURN(type, json_optional_string(*params, "type", source));
+  }
+  const std::string kind = type.value_or("default");
+  RopeScaling& scaling = config.rope_scaling;
+  if (kind == "default") {
+    scaling.type = RopeScalingType::kNone;
+    return absl::OkStatus();
+  }
+  TEMPER_ASSIGN_OR_RETURN(scaling.factor, json_number(*params, "factor", source));
+  if (!(scaling.factor > 0)) return invalid(source, "rope scaling factor must be positive");
+  if (kind == "linear") {
+    scaling.type = RopeScalingType::kLinear;
+    return absl::OkStatus();
+  }
+  if (kind == "llama3") {
+    scaling.type = RopeScalingType::kLlama3;
+    TEMPER_ASSIGN_OR_RETURN(scaling.low_freq_factor, json_number(*params, "low_freq_factor", source));
+    TEMPER_ASSIGN_OR_RETURN(scaling.high_freq_factor, json_number(*params, "high_freq_factor", source));
+    TEMPER_ASSIGN_OR_RETURN(scaling.original_max_position_embeddings,
+                            positive_int(*params, "original_max_position_embeddings", source));
+    if (!(scaling.high_freq_factor > scaling.low_freq_factor)) {
+      return invalid(source, "llama3 rope scaling needs high_freq_factor > low_freq_factor");
+    }
+    return absl::OkStatus();
+  }
+  return absl::UnimplementedError(
+      str_cat(source, ": rope type \"", kind, "\" is not supported (supported: default, linear, llama3)"));
+}
+
+}  // namespace
+
+std::string_view model_family_name(ModelFamily family) {
+  switch (family) {
+    case ModelFamily::kLlama: return "llama";
+    case ModelFamily::kMistral: return "mistral";
+    case ModelFamily::kQwen2: return "qwen2";
+  }
+  return "unknown";
+}
+
+StatusOr<ModelConfig> parse_model_config(std::string_view json_text, std::string_view source) {
+  TEMPER_ASSIGN_OR_RETURN(nlohmann::json obj, parse_json(json_text, source));
+  if (!obj.is_object()) return invalid(source, "config is not a JSON object");
+
+  ModelConfig c;
+  TEMPER_ASSIGN_OR_RETURN(c.model_type, json_string(obj, "model_type", source));
+  if (c.model_type == "llama") {
+    c.family = ModelFamily::kLlama;
+  } else if (c.model_type == "mistral") {
+    c.family = ModelFamily::kMistral;
+  } else if (c.model_type == "qwen2") {
+    c.family = ModelFamily::kQwen2;
+  } else {
+    return absl::UnimplementedError(str_cat(source, ": model_type \"", c.model_type,
+                                                 "\" is not supported (supported: llama, mistral, qwen2)"));
+  }
+
+  TEMPER_ASSIGN_OR_RETURN(c.vocab_size, positive_int(obj, "vocab_size", source));
+  TEMPER_ASSIGN_OR_RETURN(c.hidden_size, positive_int(obj, "hidden_size", source));
+  TEMPER_ASSIGN_OR_RETURN(c.intermediate_size, positive_int(obj, "intermediate_size", source));
+  TEMPER_ASSIGN_OR_RETURN(c.num_layers, positive_int(obj, "num_hidden_layers", source));
+  TEMPER_ASSIGN_OR_RETURN(c.num_attention_heads, positive_int(obj, "num_attention_heads", source));
+  TEMPER_ASSIGN_OR_RETURN(std::optional<int64_t> kv_heads, json_optional_int(obj, "num_key_value_heads", source));
+  c.num_key_value_heads = kv_heads.value_or(c.num_attention_heads);
+  if (c.num_key_value_heads <= 0 || c.num_attention_heads % c.num_key_value_heads != 0) {
+    return invalid(source, str_cat("num_attention_heads (", c.num_attention_heads,
+                                        ") must be a positive multiple of num_key_value_heads (", c.num_key_value_heads, ")"));
+  }
+  TEMPER_ASSIGN_OR_RETURN(std::optional<int64_t> head_dim, json_optional_int(obj, "head_dim", source));
+  if (head_dim) {
+    c.head_dim = *head_dim;
+  } else {
+    if (c.hidden_size % c.num_attention_heads != 0) {
+      return invalid(source, str_cat("hidden_size (", c.hidden_size, ") is not divisible by num_attention_heads (",
+                                          c.num_attention_heads, ") and no head_dim is given"));
+    }
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  }
+  if (c.head_dim <= 0 || c.head_dim % 2 != 0) {
+    return invalid(source, str_cat("head_dim must be positive and even for RoPE, found ", c.head_dim));
+  }
+  TEMPER_ASSIGN_OR_RETURN(std::optional<int64_t> max_pos, json_optional_int(obj, "max_position_embeddings", source));
+  c.max_position_embeddings = max_pos.value_or(2048);
+  TEMPER_ASSIGN_OR_RETURN(std::optional<double> eps, json_optional_number(obj, "rms_norm_eps", source));
+  c.rms_norm_eps = eps.value_or(1e-6);
+  if (!(c.rms_norm_eps > 0)) return invalid(source, "rms_norm_eps must be positive");
+  TEMPER_RETURN_IF_ERROR(parse_rope(obj, source, c));
+
+  TEMPER_ASSIGN_OR_RETURN(std::optional<std::string> act, json_optional_string(obj, "hidden_act", source));
+  if (act && *act != "silu" && *act != "swish") {
+    return absl::UnimplementedError(str_cat(source, ": hidden_act \"", *act, "\" is not supported (silu only)"));
+  }
+  TEMPER_ASSIGN_OR_RETURN(std::optional<bool> tie, json_optional_bool(obj, "tie_word_embeddings", source));
+  c.tie_word_embeddings = tie.value_or(false);
+  TEMPER_ASSIGN_OR_RETURN(std::optional<bool> attention_bias, json_optional_bool(obj, "attention_bias", source));
+  TEMPER_ASSIGN_OR_RETURN(std::optional<bool> mlp_bias, json_optional_bool(obj, "mlp_bias", source));
+  switch (c.family) {
+    case ModelFamily::kLlama:
+      c.qkv_bias = c.o_bias = attention_bias.value_or(false);
+      c.mlp_bias = mlp_bias.value_or(false);
+      break;
+    case ModelFamily::kMistral: {
+      TEMPER_ASSIGN_OR_RETURN(std::optional<int64_t> window, json_optional_int(obj, "sliding_window", source));
+      if (window && *window <= 0) return invalid(source, "sliding_window must be positive");
+      c.sliding_window = window;
+      break;
+    }
+    case ModelFamily::kQwen2: {
+      c.qkv_bias = true;
+      TEMPER_ASSIGN_OR_RETURN(std::optional<bool> use_window, json_optional_bool(obj, "use_sliding_window", source));
+      if (use_window.value_or(false)) {
+        return absl::UnimplementedError(str_cat(source, ": qwen2 use_sliding_window=true is not supported"));
+      }
+      break;
+    }
+  }
+
+  TEMPER_ASSIGN_OR_RETURN(std::optional<std::string> dtype, json_optional_string(obj, "dtype", source));
+  if (!dtype) {
+    TEMPER_ASSIGN_OR_RETURN(dtype, json_optional_string(obj, "torch_dtype", source));
+  }
+  c.torch_dtype = dtype.value_or("");
+  TEMPER_ASSIGN_OR_RETURN(c.bos_token_id, json_optional_int(obj, "bos_token_id", source));
+  TEMPER_ASSIGN_OR_RETURN(c.pad_token_id, json_optional_int(obj, "pad_token_id", source));
+  TEMPER_ASSIGN_OR_RETURN(c.eos_token_ids, id_list(obj, "eos_token_id", source));
+  return c;
+}
+
+StatusOr<ModelConfig> load_model_config(const std::filesystem::path& model_dir) {
+  const std::filesystem::path path = model_dir / "config.json";
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    return absl::NotFoundError(str_cat(path.string(), ": not found (is ", model_dir.string(),
+                                            " a Hugging Face model directory?)"));
+  }
+  TEMPER_ASSIGN_OR_RETURN(std::string text, read_file(path));
+  return parse_model_config(text, path.string());
+}
+
+}  // namespace temper

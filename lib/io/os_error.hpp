@@ -1,0 +1,18 @@
+// errno -> absl::Status with the operation and path in the message. Disk-full and quota
+// errors map to RESOURCE_EXHAUSTED (retry after freeing space), missing files to NOT_FOUND,
+// permissions to PERMISSION_DENIED; the rest to the closest Abseil code.
+#pragma once
+
+#include <cstring>
+#include <string_view>
+
+#include <absl/status/status.h>
+#include "util/strings.hpp"
+
+namespace temper {
+
+inline absl::Status os_error(int err, std::string_view what) {
+  return absl::Status(absl::ErrnoToStatusCode(err), str_cat(what, ": ", std::strerror(err)));
+}
+
+}  // namespace temper

@@ -1,0 +1,156 @@
+// Fused RMSNorm forward and backward.
+//
+// What: y = w * T(x * rstd), rstd = rsqrt(mean(x^2) + eps) per row, exactly the operation order of
+// transformers' LlamaRMSNorm (statistics in fp32, the normalised value rounded to the input dtype
+// before the weight multiplies it), and its gradients.
+// Why: unfused, the norm is 6+ memory-bound passes over the activations (square, mean, rsqrt,
+// two multiplies, two casts) in the forward and more in the backward; here each direction reads
+// its inputs once.
+// Invariants: one thread block owns whole rows, so the row reduction needs no atomics; dw is
+// accumulated per block in shared memory (each column owned by one thread) and the per-block
+// partial rows are summed by a second kernel, so the result does not depend on scheduling
+// (deterministic). Reference: rms_norm_reference in lib/ops/rms_norm.cc; parity test
+// tests/cuda/rms_norm_kernel_test.cc.
+#include "kernels/rms_norm.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace temper {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxPartialBlocks = 256;
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+
+// Sum over the block; every thread gets the result. `scratch` holds one float per warp.
+__device__ float block_sum(float value, float* scratch) {
+  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) / 32;
+  float total = lane < warps ? scratch[lane] : 0.0f;
+  for (int offset = 16; offset > 0; offset >>= 1) total += __shfl_xor_sync(0xffffffffu, total, offset);
+  __syncthreads();  // scratch may be reused by the next call
+  return total;
+}
+
+template <typename T>
+__global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ rstd, const T* __restrict__ x,
+                                        const T* __restrict__ weight, int64_t hidden, float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * hidden;
+  T* yr = y + row * hidden;
+
+  float sum_sq = 0.0f;
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
+    const float v = to_float(xr[j]);
+    sum_sq += v * v;
+  }
+  const float r = rsqrtf(block_sum(sum_sq, scratch) / static_cast<float>(hidden) + eps);
+  if (threadIdx.x == 0) rstd[row] = r;
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
+    const float normed = to_float(from_float<T>(to_float(xr[j]) * r));
+    yr[j] = from_float<T>(normed * to_float(weight[j]));
+  }
+}
+
+template <typename T>
+__global__ void rms_norm_backward_kernel(T* __restrict__ dx, float* __restrict__ partial, const T* __restrict__ dy,
+                                         const T* __restrict__ x, const T* __restrict__ weight,
+                                         const float* __restrict__ rstd, int64_t rows, int64_t hidden) {
+  extern __shared__ float dw_acc[];  // [hidden]
+  __shared__ float scratch[32];
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) dw_acc[j] = 0.0f;
+
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* xr = x + row * hidden;
+    const T* dyr = dy + row * hidden;
+    const float r = rstd[row];
+    float dot = 0.0f;
+    for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
+      dot += to_float(dyr[j]) * to_float(weight[j]) * (to_float(xr[j]) * r);
+    }
+    const float mean_dot = block_sum(dot, scratch) / static_cast<float>(hidden);
+    T* dxr = dx + row * hidden;
+    for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
+      const float n = to_float(xr[j]) * r;
+      const float g = to_float(dyr[j]);
+      dxr[j] = from_float<T>(r * (g * to_float(weight[j]) - n * mean_dot));
+      dw_acc[j] += g * n;
+    }
+  }
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) partial[blockIdx.x * hidden + j] = dw_acc[j];
+}
+
+template <typename T>
+__global__ void sum_partials_kernel(T* __restrict__ dweight, const float* __restrict__ partial, int64_t blocks,
+                                    int64_t hidden) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= hidden) return;
+  float total = 0.0f;
+  for (int64_t b = 0; b < blocks; ++b) total += partial[b * hidden + j];
+  dweight[j] = from_float<T>(total);
+}
+
+}  // namespace
+
+int64_t rms_norm_backward_partial_blocks(int64_t rows) { return rows < kMaxPartialBlocks ? rows : kMaxPartialBlocks; }
+
+template <typename T>
+cudaError_t launch_rms_norm_forward(T* y, float* rstd, const T* x, const T* weight, int64_t rows, int64_t hidden,
+                                    float eps, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (hidden <= 0 || rows > 0x7fffffff) return cudaErrorInvalidValue;
+  rms_norm_forward_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(y, rstd, x, weight, hidden, eps);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_rms_norm_backward(T* dx, T* dweight, float* partial, const T* dy, const T* x, const T* weight,
+                                     const float* rstd, int64_t rows, int64_t hidden, int64_t partial_blocks,
+                                     cudaStream_t stream) {
+  if (hidden <= 0 || partial_blocks != rms_norm_backward_partial_blocks(rows)) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaMemsetAsync(dweight, 0, hidden * sizeof(T), stream);
+  const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
+  // Rows wider than the default 48 KiB of dynamic shared memory ask for more (up to 227 KiB on Hopper).
+  if (smem > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(rms_norm_backward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
+  rms_norm_backward_kernel<T><<<static_cast<unsigned>(partial_blocks), kThreads, smem, stream>>>(
+      dx, partial, dy, x, weight, rstd, rows, hidden);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const unsigned sum_blocks = static_cast<unsigned>((hidden + kThreads - 1) / kThreads);
+  sum_partials_kernel<T><<<sum_blocks, kThreads, 0, stream>>>(dweight, partial, partial_blocks, hidden);
+  return cudaGetLastError();
+}
+
+#define TEMPER_INSTANTIATE_RMS_NORM(T)                                                                          \
+  template cudaError_t launch_rms_norm_forward<T>(T*, float*, const T*, const T*, int64_t, int64_t, float,      \
+                                                  cudaStream_t);                                                \
+  template cudaError_t launch_rms_norm_backward<T>(T*, T*, float*, const T*, const T*, const T*, const float*, \
+                                                   int64_t, int64_t, int64_t, cudaStream_t);
+
+TEMPER_INSTANTIATE_RMS_NORM(float)
+TEMPER_INSTANTIATE_RMS_NORM(__nv_bfloat16)
+TEMPER_INSTANTIATE_RMS_NORM(__half)
+
+}  // namespace temper

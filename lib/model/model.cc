@@ -1,0 +1,285 @@
+#include <algorithm>
+#include <set>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include "util/strings.hpp"
+
+#include "io/checkpoint.hpp"
+#include "model/decoder_block.hpp"
+#include "model/loss.hpp"
+#include "model/model_impl.hpp"
+#include "model/rope.hpp"
+#include "ops/rms_norm.hpp"
+#include "util/status_macros.hpp"
+#include "util/torch_errors.hpp"
+
+namespace temper {
+namespace {
+
+std::string shape_string(at::IntArrayRef shape) { return str_cat("[", fmt::format("{}", fmt::join(shape, ", ")), "]"); }
+
+// Lists at most `limit` names, then how many more.
+std::string name_list(const std::vector<std::string>& names, size_t limit = 8) {
+  std::vector<std::string> shown(names.begin(), names.begin() + std::min(limit, names.size()));
+  std::string out = fmt::format("{}", fmt::join(shown, ", "));
+  if (names.size() > limit) out += str_cat(", ... (", names.size() - limit, " more)");
+  return out;
+}
+
+absl::Status check_options(const ModelOptions& options) {
+  if (options.dtype != at::kFloat && options.dtype != at::kBFloat16 && options.dtype != at::kHalf) {
+    return absl::InvalidArgumentError(str_cat("model dtype must be float32, bfloat16 or float16, not ",
+                                                   c10::toString(options.dtype)));
+  }
+  return absl::OkStatus();
+}
+
+// Fills the derived state once the parameters are in place.
+void finish(Model::Impl& impl) {
+  if (impl.config.tie_word_embeddings) impl.lm_head = impl.embed;
+  impl.inv_freq = rope_inv_freq(impl.config).to(impl.options.device);
+}
+
+// Validates ids/labels/positions and returns input_ids as int64.
+absl::StatusOr<at::Tensor> checked_ids(const ForwardInput& input, const ModelConfig& config) {
+  const at::Tensor& ids = input.input_ids;
+  if (!ids.defined() || ids.dim() != 2 || ids.size(0) == 0 || ids.size(1) == 0) {
+    return absl::InvalidArgumentError(
+        str_cat("forward: input_ids must be a non-empty [batch, seq] tensor, got ",
+                     ids.defined() ? shape_string(ids.sizes()) : std::string("an undefined tensor")));
+  }
+  if (ids.scalar_type() != at::kLong && ids.scalar_type() != at::kInt) {
+    return absl::InvalidArgumentError(
+        str_cat("forward: input_ids must be int64 or int32, got ", c10::toString(ids.scalar_type())));
+  }
+  const at::Tensor out_of_range = (ids < 0) | (ids >= config.vocab_size);
+  if (out_of_range.any().item<bool>()) {
+    const at::Tensor where = out_of_range.nonzero()[0].cpu();
+    const int64_t b = where[0].item<int64_t>();
+    const int64_t t = where[1].item<int64_t>();
+    return absl::InvalidArgumentError(str_cat("forward: input_ids[", b, ", ", t, "] = ", ids[b][t].item<int64_t>(),
+                                                   " is outside the vocabulary [0, ", config.vocab_size, ")"));
+  }
+  if (input.labels.defined()) {
+    const at::Tensor& labels = input.labels;
+    if (labels.sizes() != ids.sizes() || labels.scalar_type() != at::kLong) {
+      return absl::InvalidArgumentError(str_cat("forward: labels must be int64 of the input_ids' shape ",
+                                                     shape_string(ids.sizes()), ", got ", c10::toString(labels.scalar_type()),
+                                                     " ", shape_string(labels.sizes())));
+    }
+    const at::Tensor bad = (labels != kIgnoreIndex) & ((labels < 0) | (labels >= config.vocab_size));
+    if (bad.any().item<bool>()) {
+      const at::Tensor where = bad.nonzero()[0].cpu();
+      return absl::InvalidArgumentError(str_cat("forward: labels[", where[0].item<int64_t>(), ", ",
+                                                     where[1].item<int64_t>(), "] is neither -100 nor a token id"));
+    }
+  }
+  if (input.position_ids.defined() &&
+      (input.position_ids.sizes() != ids.sizes() || !at::isIntegralType(input.position_ids.scalar_type(), false) ||
+       (input.position_ids < 0).any().item<bool>())) {
+    return absl::InvalidArgumentError(str_cat("forward: position_ids must be non-negative integers of shape ",
+                                                   shape_string(ids.sizes())));
+  }
+  return ids.to(at::kLong);
+}
+
+}  // namespace
+
+Linear& DecoderLayer::linear(LinearSlot slot) {
+  switch (slot) {
+    case LinearSlot::kQ: return q;
+    case LinearSlot::kK: return k;
+    case LinearSlot::kV: return v;
+    case LinearSlot::kO: return o;
+    case LinearSlot::kGate: return gate;
+    case LinearSlot::kUp: return up;
+    case LinearSlot::kDown: return down;
+  }
+  return q;
+}
+
+const Linear& DecoderLayer::linear(LinearSlot slot) const { return const_cast<DecoderLayer*>(this)->linear(slot); }
+
+void Model::Impl::for_each_parameter(const std::function<void(const ParamSpec&, at::Tensor&)>& fn) {
+  const ArchitectureNames& names = architecture_names(config.family);
+  // parameter_specs() is the single list of names and shapes; this maps each to its slot.
+  std::map<std::string, at::Tensor*> slots;
+  slots[names.embed] = &embed;
+  slots[names.final_norm] = &final_norm;
+  slots[names.lm_head] = &lm_head;
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    DecoderLayer& layer = layers[i];
+    slots[names.attn_norm(i)] = &layer.attn_norm;
+    slots[names.mlp_norm(i)] = &layer.mlp_norm;
+    for (LinearSlot slot : kLinearSlots) {
+      const std::string module = names.linear_module(i, slot);
+      slots[module + ".weight"] = &layer.linear(slot).weight;
+      slots[module + ".bias"] = &layer.linear(slot).bias;
+    }
+  }
+  for (const ParamSpec& spec : parameter_specs(config)) fn(spec, *slots.at(spec.name));
+}
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+Model::~Model() = default;
+
+const ModelConfig& Model::config() const { return impl_->config; }
+const ModelOptions& Model::options() const { return impl_->options; }
+
+StatusOr<Model> Model::load(const std::filesystem::path& dir, const ModelOptions& options) {
+  TEMPER_RETURN_IF_ERROR(check_options(options));
+  TEMPER_ASSIGN_OR_RETURN(ModelConfig config, load_model_config(dir));
+  TEMPER_ASSIGN_OR_RETURN(CheckpointReader reader, CheckpointReader::open(dir));
+
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  impl->options = options;
+  impl->layers.resize(config.num_layers);
+
+  // Check names and shapes of everything before converting anything.
+  std::vector<std::string> missing;
+  std::vector<std::string> wrong_shape;
+  std::set<std::string> expected;
+  for (const ParamSpec& spec : parameter_specs(config)) {
+    expected.insert(spec.name);
+    const SafetensorsEntry* entry = reader.entry(spec.name);
+    if (entry == nullptr) {
+      missing.push_back(spec.name);
+    } else if (entry->shape != spec.shape) {
+      wrong_shape.push_back(str_cat(spec.name, " is ", shape_string(entry->shape), ", expected ",
+                                         shape_string(spec.shape)));
+    }
+  }
+  std::vector<std::string> unexpected;
+  for (const std::string& name : reader.names()) {
+    const bool tied_head = config.tie_word_embeddings && name == architecture_names(config.family).lm_head;
+    if (!expected.count(name) && !tied_head && !is_ignorable_checkpoint_tensor(name)) unexpected.push_back(name);
+  }
+  const std::string where = dir.string();
+  if (!wrong_shape.empty()) {
+    return absl::InvalidArgumentError(str_cat(where, ": tensors with the wrong shape for this config.json: ",
+                                                   name_list(wrong_shape)));
+  }
+  if (!missing.empty()) {
+    return absl::InvalidArgumentError(str_cat(where, ": checkpoint lacks ", missing.size(), " tensors: ",
+                                                   name_list(missing)));
+  }
+  if (!unexpected.empty()) {
+    return absl::InvalidArgumentError(str_cat(where, ": checkpoint holds ", unexpected.size(),
+                                                   " tensors this ", config.model_type,
+                                                   " config does not use: ", name_list(unexpected)));
+  }
+
+  absl::Status status = absl::OkStatus();
+  impl->for_each_parameter([&](const ParamSpec& spec, at::Tensor& slot) {
+    if (!status.ok()) return;
+    absl::StatusOr<at::Tensor> stored = reader.tensor(spec.name);
+    if (!stored.ok()) {
+      status = stored.status();
+      return;
+    }
+    if (!at::isFloatingType(stored->scalar_type())) {
+      status = absl::InvalidArgumentError(str_cat(reader.file_of(spec.name).string(), ": tensor ", spec.name,
+                                                       " has dtype ", c10::toString(stored->scalar_type()),
+                                                       "; model weights must be floating point"));
+      return;
+    }
+    status = guarded(str_cat("loading ", spec.name), [&]() -> absl::Status {
+      // .to() returns the mapped tensor itself when dtype and device already match: zero-copy.
+      slot = stored->to(options.device, options.dtype);
+      return absl::OkStatus();
+    });
+  });
+  TEMPER_RETURN_IF_ERROR(status);
+  finish(*impl);
+  return Model(std::move(impl));
+}
+
+StatusOr<Model> Model::random(const ModelConfig& config, const ModelOptions& options, uint64_t seed) {
+  TEMPER_RETURN_IF_ERROR(check_options(options));
+  return guarded("initialising a random model", [&]() -> StatusOr<Model> {
+    auto impl = std::make_unique<Impl>();
+    impl->config = config;
+    impl->options = options;
+    impl->layers.resize(config.num_layers);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    impl->for_each_parameter([&](const ParamSpec& spec, at::Tensor& slot) {
+      at::Tensor value;
+      switch (spec.role) {
+        case ParamRole::kNorm: value = at::ones(spec.shape, at::kFloat); break;
+        case ParamRole::kLinearBias: value = at::zeros(spec.shape, at::kFloat); break;
+        default: value = at::normal(0.0, 0.02, spec.shape, gen); break;
+      }
+      slot = value.to(options.device, options.dtype);
+    });
+    finish(*impl);
+    return Model(std::move(impl));
+  });
+}
+
+StatusOr<ForwardOutput> Model::forward(const ForwardInput& input, KvCache* cache) const {
+  const ModelConfig& config = impl_->config;
+  TEMPER_ASSIGN_OR_RETURN(at::Tensor ids, checked_ids(input, config));
+  if (cache != nullptr && cache->length > 0 && (cache->keys.size() != static_cast<size_t>(config.num_layers) ||
+                                                cache->keys[0].size(0) != ids.size(0))) {
+    return absl::InvalidArgumentError("forward: the KV cache belongs to another model or batch; clear() it first");
+  }
+  return guarded("forward", [&]() -> StatusOr<ForwardOutput> {
+    const at::Device device = impl_->options.device;
+    ids = ids.to(device);
+    const int64_t batch = ids.size(0);
+    const int64_t seq = ids.size(1);
+    const int64_t past = cache != nullptr ? cache->length : 0;
+    at::Tensor positions = input.position_ids.defined()
+                               ? input.position_ids.to(device, at::kLong)
+                               : at::arange(past, past + seq, at::TensorOptions().dtype(at::kLong).device(device))
+                                     .unsqueeze(0)
+                                     .expand({batch, seq});
+    auto [cos, sin] = rope_cos_sin(impl_->inv_freq, positions, impl_->options.dtype);
+
+    if (cache != nullptr && cache->length == 0) {
+      cache->keys.assign(config.num_layers, at::Tensor());
+      cache->values.assign(config.num_layers, at::Tensor());
+    }
+    at::Tensor h = at::embedding(impl_->embed, ids);  // [B, T, hidden]
+    for (int64_t i = 0; i < config.num_layers; ++i) {
+      h = decoder_layer_forward(impl_->layers[i], config, h, cos, sin, cache ? &cache->keys[i] : nullptr,
+                                cache ? &cache->values[i] : nullptr);
+    }
+    if (cache != nullptr) cache->length = past + seq;
+    h = rms_norm(h, impl_->final_norm, config.rms_norm_eps);
+
+    ForwardOutput out;
+    out.logits = at::linear(h, impl_->lm_head);  // [B, T, vocab]
+    if (input.labels.defined()) {
+      TokenLoss loss = causal_lm_loss(out.logits, input.labels.to(device));
+      out.loss_sum = loss.sum;
+      out.num_tokens = loss.num_tokens;
+      out.loss = loss.sum / static_cast<double>(std::max<int64_t>(loss.num_tokens, 1));
+    }
+    return out;
+  });
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Model::named_parameters() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  impl_->for_each_parameter([&](const ParamSpec& spec, at::Tensor& slot) { out.emplace_back(spec.name, slot); });
+  return out;
+}
+
+StatusOr<at::Tensor> Model::parameter(const std::string& name) const {
+  for (auto& [n, t] : named_parameters()) {
+    if (n == name) return t;
+  }
+  return absl::NotFoundError(str_cat("model has no parameter \"", name, "\""));
+}
+
+int64_t Model::num_parameters() const {
+  int64_t total = 0;
+  for (const auto& [name, t] : named_parameters()) total += t.numel();
+  return total;
+}
+
+}  // namespace temper

@@ -1,0 +1,44 @@
+// The inside of a Model, shared by temper's components that work on a model's layers (loading,
+// LoRA, quantization, the trainer). Not installed.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "model/architecture.hpp"
+#include "temper/model.hpp"
+
+namespace temper {
+
+struct Linear {
+  at::Tensor weight;  // [out, in]
+  at::Tensor bias;    // [out], undefined when the layer has none
+  at::Tensor forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }  // [..., in] -> [..., out]
+};
+
+struct DecoderLayer {
+  at::Tensor attn_norm;  // [hidden]
+  at::Tensor mlp_norm;   // [hidden]
+  Linear q, k, v, o, gate, up, down;
+  Linear& linear(LinearSlot slot);
+  const Linear& linear(LinearSlot slot) const;
+};
+
+struct Model::Impl {
+  ModelConfig config;
+  ModelOptions options;
+  at::Tensor embed;       // [vocab, hidden]
+  std::vector<DecoderLayer> layers;
+  at::Tensor final_norm;  // [hidden]
+  at::Tensor lm_head;     // [vocab, hidden]; the same tensor as `embed` when tied
+  at::Tensor inv_freq;    // [head_dim / 2] fp32 on the model's device, RoPE frequencies after scaling
+
+  // Calls `fn(spec, tensor slot)` for every parameter in model order (tied lm_head once, as
+  // the embedding).
+  void for_each_parameter(const std::function<void(const ParamSpec&, at::Tensor&)>& fn);
+};
+
+}  // namespace temper

@@ -1,0 +1,31 @@
+// The one place where temper's code differs between the libtorch versions it builds against:
+// Debian's 1.13.1 (CPU, CI) and PyTorch 2.11 (CUDA, the GPU machine). Everything else in the
+// code base is version-independent.
+#pragma once
+
+#include <optional>
+#include <string_view>
+
+#include <ATen/ATen.h>
+#include <torch/version.h>
+
+#define TEMPER_TORCH_AT_LEAST(major, minor) \
+  (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+
+namespace temper::compat {
+
+// Scaled dot-product attention over q [B, Hq, Tq, D], k/v [B, Hkv, Tk, D] (Hq a multiple of Hkv,
+// grouped-query attention), any float dtype. `mask` is an optional boolean [Tq, Tk] (true = may
+// attend) that replaces `is_causal` when given. Returns [B, Hq, Tq, D] in q's dtype.
+// torch >= 2.5: at::scaled_dot_product_attention (flash / memory-efficient kernels on CUDA).
+// Older: the math form, softmax in fp32, as transformers' eager attention computes it.
+at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                        const std::optional<at::Tensor>& mask, bool is_causal,
+                                        double scale);
+
+// safetensors dtype name ("BF16", "F32", ...) -> the libtorch dtype, when this libtorch has one.
+std::optional<at::ScalarType> scalar_type_from_safetensors(std::string_view dtype);
+// The inverse; nullopt for dtypes safetensors cannot name.
+std::optional<std::string_view> safetensors_name(at::ScalarType type);
+
+}  // namespace temper::compat

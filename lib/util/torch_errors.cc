@@ -1,0 +1,41 @@
+#include "util/torch_errors.hpp"
+
+#include <new>
+#include <string>
+
+#include "util/strings.hpp"
+#include <c10/util/Exception.h>
+
+namespace temper {
+namespace {
+
+// c10::Error's what() carries a C++ backtrace in debug builds; the first line is the message.
+std::string first_lines(std::string_view text, int max_lines) {
+  size_t end = 0;
+  for (int i = 0; i < max_lines && end != std::string_view::npos; ++i) {
+    end = text.find('\n', end == 0 ? 0 : end + 1);
+  }
+  return std::string(text.substr(0, end));
+}
+
+}  // namespace
+
+absl::Status status_from_exception(std::string_view context, const std::exception& e) {
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr ||
+      dynamic_cast<const std::bad_alloc*>(&e) != nullptr) {
+    return absl::ResourceExhaustedError(
+        str_cat(context, ": out of memory (", first_lines(e.what(), 1),
+                     "); try a smaller batch or sequence length"));
+  }
+  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) {
+    return absl::InternalError(
+        str_cat(context, ": libtorch error: ", first_lines(c10_error->msg(), 3)));
+  }
+  return absl::InternalError(str_cat(context, ": ", first_lines(e.what(), 3)));
+}
+
+absl::Status status_from_unknown_exception(std::string_view context) {
+  return absl::InternalError(str_cat(context, ": unknown exception"));
+}
+
+}  // namespace temper
