@@ -10,6 +10,9 @@ find_package(Threads REQUIRED)
 find_package(SentencePiece REQUIRED)
 find_package(Utf8proc REQUIRED)
 
+# The sentencepiece CLI encodes the tests' reference token ids in its own process.
+find_program(TEMPER_SPM_ENCODE spm_encode)
+
 # Torch's include folder (2.x) carries fmt v12 headers that shadow Debian's fmt 9, so the
 # compiled libfmt would not match the headers in use: fmt is used header-only, everywhere.
 set(TEMPER_FMT_TARGET fmt::fmt-header-only)

@@ -1,0 +1,20 @@
+# Installs the shared library, the public headers and a CMake package so that
+# `find_package(temper)` + `target_link_libraries(app PRIVATE temper::temper)` works.
+include(CMakePackageConfigHelpers)
+
+install(TARGETS temper EXPORT temperTargets
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
+  INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/temper DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(FILES ${PROJECT_BINARY_DIR}/include/temper/build_info.hpp DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/temper)
+
+set(TEMPER_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/temper)
+install(EXPORT temperTargets NAMESPACE temper:: DESTINATION ${TEMPER_CMAKE_DIR})
+configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/temperConfig.cmake.in
+  ${PROJECT_BINARY_DIR}/temperConfig.cmake INSTALL_DESTINATION ${TEMPER_CMAKE_DIR})
+write_basic_package_version_file(${PROJECT_BINARY_DIR}/temperConfigVersion.cmake
+  VERSION ${PROJECT_VERSION} COMPATIBILITY SameMinorVersion)
+install(FILES ${PROJECT_BINARY_DIR}/temperConfig.cmake ${PROJECT_BINARY_DIR}/temperConfigVersion.cmake
+  DESTINATION ${TEMPER_CMAKE_DIR})
