@@ -7,6 +7,7 @@
 #include <string>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
 #include <catch2/catch.hpp>

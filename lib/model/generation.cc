@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 #include "util/strings.hpp"
 
 #include "util/status_macros.hpp"
