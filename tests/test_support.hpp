@@ -12,6 +12,8 @@
 #include <absl/status/statusor.h>
 #include <catch2/catch.hpp>
 
+#include "io/directory.hpp"
+
 namespace temper::testing {
 
 inline std::filesystem::path source_dir() { return TEMPER_SOURCE_DIR; }
@@ -32,10 +34,7 @@ class TempDir {
     path_ = std::filesystem::temp_directory_path() / ("temper-test-" + std::to_string(rd()) + std::to_string(rd()));
     std::filesystem::create_directories(path_);
   }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
+  ~TempDir() { (void)remove_tree(path_); }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
   const std::filesystem::path& path() const { return path_; }

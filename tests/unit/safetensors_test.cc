@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/checkpoint.hpp"
+#include "io/directory.hpp"
 #include "io/safetensors.hpp"
 #include "test_support.hpp"
 
@@ -211,9 +212,7 @@ TEST_CASE("safetensors writer validates before touching the destination", "[unit
   REQUIRE_OK(file);
   CHECK(file->contains("keep"));
   // No temporary files are left behind.
-  size_t entries = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir.path())) entries += e.is_regular_file();
-  CHECK(entries == 1);
+  CHECK(temper::list_directory(dir.path()).value() == std::vector<std::string>{"w.safetensors"});
 }
 
 TEST_CASE("sharded checkpoints round trip through index.json", "[unit]") {
@@ -252,4 +251,17 @@ TEST_CASE("a sharded index that lies about its shards is an error", "[unit]") {
   std::ofstream(dir / "model.safetensors.index.json") << R"({"weight_map":{"a":"../escape.safetensors"}})";
   CHECK(temper::CheckpointReader::open(dir.path()).status().code() == absl::StatusCode::kInvalidArgument);
   CHECK(temper::CheckpointReader::open(dir / "nowhere").status().code() == absl::StatusCode::kNotFound);
+}
+
+TEST_CASE("remove_tree removes nested directories without following links", "[unit]") {
+  TempDir dir;
+  std::filesystem::create_directories(dir / "a/b/c");
+  std::ofstream(dir / "a/b/c/file") << "x";
+  std::ofstream(dir / "outside") << "keep";
+  std::filesystem::create_symlink(dir / "outside", dir / "a/link");
+  REQUIRE_OK(temper::remove_tree(dir / "a"));
+  CHECK_FALSE(std::filesystem::exists(dir / "a"));
+  CHECK(std::filesystem::exists(dir / "outside"));
+  REQUIRE_OK(temper::remove_tree(dir / "a"));  // already gone: fine
+  CHECK(temper::list_directory(dir / "a").status().code() == absl::StatusCode::kNotFound);
 }
