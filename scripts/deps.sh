@@ -49,7 +49,10 @@ if [ ! -f "$spm_prefix/lib/libsentencepiece.a" ]; then
   cmake -S "$src" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DSPM_USE_BUILTIN_PROTOBUF=OFF -DSPM_ENABLE_SHARED=OFF -DSPM_ENABLE_TCMALLOC=OFF \
     -DCMAKE_POSITION_INDEPENDENT_CODE=ON -DCMAKE_INSTALL_PREFIX="$spm_prefix" >/dev/null
-  cmake --build "$work/build" --target sentencepiece-static
+  if ! cmake --build "$work/build" --target sentencepiece-static > "$work/build.log" 2>&1; then
+    tail -40 "$work/build.log"
+    exit 1
+  fi
   mkdir -p "$spm_prefix/lib" "$spm_prefix/include"
   cp "$work/build/src/libsentencepiece.a" "$spm_prefix/lib/"
   cp "$src/src/sentencepiece_processor.h" "$spm_prefix/include/"
