@@ -52,7 +52,4 @@ absl::Status write_file_atomic(const std::filesystem::path& path, std::string_vi
 // fsync of a directory, so that a rename inside it survives a power cut.
 absl::Status sync_directory(const std::filesystem::path& dir);
 
-// Reads a whole (small) file: configs, JSON, text.
-absl::StatusOr<std::string> read_file(const std::filesystem::path& path);
-
 }  // namespace temper

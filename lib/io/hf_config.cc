@@ -4,7 +4,7 @@
 #include "util/strings.hpp"
 #include <nlohmann/json.hpp>
 
-#include "io/atomic_file.hpp"
+#include "io/read_file.hpp"
 #include "io/json_file.hpp"
 #include "temper/config.hpp"
 #include "util/status_macros.hpp"

@@ -2,7 +2,7 @@
 
 #include "util/strings.hpp"
 
-#include "io/atomic_file.hpp"
+#include "io/read_file.hpp"
 
 namespace temper {
 namespace {
