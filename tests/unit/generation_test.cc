@@ -110,7 +110,9 @@ TEST_CASE("perplexity is exp of the mean NLL over non-overlapping windows", "[un
     const int64_t len = std::min<int64_t>(8, 23 - begin);
     at::Tensor ids = at::empty({1, len}, at::kLong);
     for (int64_t t = 0; t < len; ++t) ids[0][t] = tokens[begin + t];
-    const at::Tensor logp = at::log_softmax(model.forward({ids}).value().logits.to(at::kDouble), -1);
+    ForwardInput input;
+    input.input_ids = ids;
+    const at::Tensor logp = at::log_softmax(model.forward(input).value().logits.to(at::kDouble), -1);
     for (int64_t t = 0; t + 1 < len; ++t) {
       nll -= logp[0][t][tokens[begin + t + 1]].item<double>();
       ++scored;

@@ -148,7 +148,9 @@ TEST_CASE("a tokenizer and a model live in one process (no protobuf clash)", "[u
   REQUIRE_OK(ids);
   at::Tensor input = at::empty({1, static_cast<int64_t>(ids->size())}, at::kLong);
   for (size_t i = 0; i < ids->size(); ++i) input[0][static_cast<int64_t>(i)] = (*ids)[i];
-  auto out = model.forward({input});
+  ForwardInput forward_input;
+  forward_input.input_ids = input;
+  auto out = model.forward(forward_input);
   REQUIRE_OK(out);
   CHECK(out->logits.size(2) == (*tokenizer)->vocab_size());
 }
