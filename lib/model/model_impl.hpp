@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,10 +14,26 @@
 
 namespace temper {
 
+struct Linear;
+
+// Something installed on a linear layer that changes its output (a LoRA or DoRA adapter). The
+// base weight stays the layer's own and is never copied; the delta computes the whole output so
+// that variants which rescale it (DoRA) need no second hook.
+class LinearDelta {
+ public:
+  virtual ~LinearDelta() = default;
+  // x [..., in] -> [..., out], given the layer it sits on.
+  virtual at::Tensor forward(const at::Tensor& x, const Linear& base) const = 0;
+};
+
 struct Linear {
   at::Tensor weight;  // [out, in]
   at::Tensor bias;    // [out], undefined when the layer has none
-  at::Tensor forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }  // [..., in] -> [..., out]
+  std::shared_ptr<const LinearDelta> delta;  // null: the plain layer
+
+  // W x + b, without any delta: [..., in] -> [..., out]
+  at::Tensor base_forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+  at::Tensor forward(const at::Tensor& x) const { return delta ? delta->forward(x, *this) : base_forward(x); }
 };
 
 struct DecoderLayer {
