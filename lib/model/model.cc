@@ -2,9 +2,11 @@
 #include <set>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 #include "util/strings.hpp"
 
 #include "io/checkpoint.hpp"
+#include "model/activation_checkpoint.hpp"
 #include "model/decoder_block.hpp"
 #include "model/loss.hpp"
 #include "model/model_impl.hpp"
@@ -244,9 +246,17 @@ StatusOr<ForwardOutput> Model::forward(const ForwardInput& input, KvCache* cache
       cache->values.assign(config.num_layers, at::Tensor());
     }
     at::Tensor h = at::embedding(impl_->embed, ids);  // [B, T, hidden]
+    const bool recompute = impl_->gradient_checkpointing && cache == nullptr && at::GradMode::is_enabled();
     for (int64_t i = 0; i < config.num_layers; ++i) {
-      h = decoder_layer_forward(impl_->layers[i], config, h, cos, sin, cache ? &cache->keys[i] : nullptr,
-                                cache ? &cache->values[i] : nullptr);
+      const DecoderLayer& layer = impl_->layers[i];
+      if (recompute) {
+        h = checkpointed([&layer, &config, cos = cos, sin = sin](const at::Tensor& x) {
+          return decoder_layer_forward(layer, config, x, cos, sin, nullptr, nullptr);
+        }, h);
+      } else {
+        h = decoder_layer_forward(layer, config, h, cos, sin, cache ? &cache->keys[i] : nullptr,
+                                  cache ? &cache->values[i] : nullptr);
+      }
     }
     if (cache != nullptr) cache->length = past + seq;
     h = rms_norm(h, impl_->final_norm, config.rms_norm_eps);

@@ -52,6 +52,9 @@ struct Model::Impl {
   at::Tensor final_norm;  // [hidden]
   at::Tensor lm_head;     // [vocab, hidden]; the same tensor as `embed` when tied
   at::Tensor inv_freq;    // [head_dim / 2] fp32 on the model's device, RoPE frequencies after scaling
+  // Recompute each decoder layer in the backward pass instead of keeping its activations (set by
+  // the Trainer; applies only while autograd records and no KV cache is used).
+  bool gradient_checkpointing = false;
 
   // Calls `fn(spec, tensor slot)` for every parameter in model order (tied lm_head once, as
   // the embedding).

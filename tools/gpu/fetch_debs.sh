@@ -6,4 +6,4 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mkdir -p "$root/.deps/debs"
 cd "$root/.deps/debs"
 apt-get download libfmt-dev libfmt9 libabsl-dev libabsl20220623 libsentencepiece-dev libsentencepiece0 \
-  sentencepiece catch2 nlohmann-json3-dev libutf8proc-dev libutf8proc2
+  sentencepiece catch2 nlohmann-json3-dev libutf8proc-dev libutf8proc2 libxxhash-dev libxxhash0

@@ -1,0 +1,42 @@
+// Checkpoint directories that are whole or absent.
+//
+// A checkpoint is written into a temporary directory beside its destination; every file is
+// fsynced, then a manifest (each file's size and XXH3-64 checksum) is written last, the
+// directory is fsynced and renamed into place, and the parent is fsynced. A reader accepts a
+// directory only when its manifest is present and every file matches it, so a directory left
+// by a crash at any moment (no manifest, short file, torn write) is never taken for a good one.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
+
+namespace temper {
+
+inline constexpr char kCheckpointManifest[] = "manifest.json";
+
+// Calls `write_files(tmp_dir)` to fill a fresh temporary directory, then seals it with a
+// manifest and renames it to `dir` (replacing an existing checkpoint of that name only after the
+// new one is complete). On any failure `dir` is left as it was and the temporary is removed.
+absl::Status write_checkpoint_dir(const std::filesystem::path& dir,
+                                  const std::function<absl::Status(const std::filesystem::path&)>& write_files);
+
+// Checks `dir` against its manifest (presence, sizes, checksums). DATA_LOSS when it does not match.
+absl::Status verify_checkpoint_dir(const std::filesystem::path& dir);
+
+// Checkpoints named "<prefix><number>" in `parent`, oldest first by number.
+absl::StatusOr<std::vector<std::filesystem::path>> list_checkpoints(const std::filesystem::path& parent,
+                                                                    const std::string& prefix);
+
+// Removes all but the newest `keep` checkpoints named "<prefix><number>" in `parent`.
+absl::Status prune_checkpoints(const std::filesystem::path& parent, const std::string& prefix, int64_t keep);
+
+// XXH3-64 of a file's contents, as 16 hex digits.
+absl::StatusOr<std::string> file_checksum(const std::filesystem::path& path);
+
+}  // namespace temper

@@ -1,0 +1,102 @@
+#include "train/optimizer.hpp"
+
+#include <cmath>
+
+#include "util/strings.hpp"
+
+namespace temper {
+
+Optimizer::Optimizer(const OptimizerOptions& options, std::vector<OptimizedTensor> tensors)
+    : options_(options), tensors_(std::move(tensors)) {
+  for (const auto& t : tensors_) {
+    exp_avg_.push_back(at::zeros_like(t.master));
+    exp_avg_sq_.push_back(options_.kind == OptimizerKind::kAdamW ? at::zeros_like(t.master) : at::Tensor());
+  }
+}
+
+void Optimizer::step(const std::vector<at::Tensor>& grads, double lr) {
+  ++steps_;
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    at::Tensor& p = tensors_[i].master;
+    const at::Tensor& g = grads[i];
+    const double wd = tensors_[i].decay ? options_.weight_decay : 0.0;
+    if (options_.kind == OptimizerKind::kAdamW) {
+      if (wd != 0.0) p.mul_(1.0 - lr * wd);
+      exp_avg_[i].lerp_(g, 1.0 - options_.beta1);
+      exp_avg_sq_[i].mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
+      const double bias_correction1 = 1.0 - std::pow(options_.beta1, static_cast<double>(steps_));
+      const double bias_correction2 = 1.0 - std::pow(options_.beta2, static_cast<double>(steps_));
+      const double step_size = lr / bias_correction1;
+      const at::Tensor denom = (exp_avg_sq_[i].sqrt() / std::sqrt(bias_correction2)).add_(options_.eps);
+      p.addcdiv_(exp_avg_[i], denom, -step_size);
+    } else {
+      const at::Tensor d_p = wd != 0.0 ? g.add(p, wd) : g;
+      if (options_.momentum != 0.0) {
+        if (steps_ == 1) {
+          exp_avg_[i].copy_(d_p);
+        } else {
+          exp_avg_[i].mul_(options_.momentum).add_(d_p);
+        }
+        p.add_(exp_avg_[i], -lr);
+      } else {
+        p.add_(d_p, -lr);
+      }
+    }
+  }
+}
+
+NamedTensors Optimizer::state() const {
+  NamedTensors out;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    if (options_.kind == OptimizerKind::kAdamW) {
+      out.emplace_back(tensors_[i].name + ".exp_avg", exp_avg_[i]);
+      out.emplace_back(tensors_[i].name + ".exp_avg_sq", exp_avg_sq_[i]);
+    } else {
+      out.emplace_back(tensors_[i].name + ".momentum_buffer", exp_avg_[i]);
+    }
+  }
+  return out;
+}
+
+absl::Status Optimizer::load_state(const SafetensorsFile& file, int64_t steps_taken) {
+  auto load_into = [&](const std::string& key, at::Tensor& dst) -> absl::Status {
+    absl::StatusOr<at::Tensor> t = file.tensor(key);
+    if (!t.ok()) return t.status();
+    if (t->sizes() != dst.sizes() || t->scalar_type() != dst.scalar_type()) {
+      return absl::InvalidArgumentError(str_cat(file.path().string(), ": optimizer state \"", key,
+                                                "\" does not match the tensor being trained (another model or adapter?)"));
+    }
+    at::NoGradGuard no_grad;
+    dst.copy_(*t);
+    return absl::OkStatus();
+  };
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    if (options_.kind == OptimizerKind::kAdamW) {
+      absl::Status s = load_into(tensors_[i].name + ".exp_avg", exp_avg_[i]);
+      if (s.ok()) s = load_into(tensors_[i].name + ".exp_avg_sq", exp_avg_sq_[i]);
+      if (!s.ok()) return s;
+    } else {
+      absl::Status s = load_into(tensors_[i].name + ".momentum_buffer", exp_avg_[i]);
+      if (!s.ok()) return s;
+    }
+  }
+  steps_ = steps_taken;
+  return absl::OkStatus();
+}
+
+double schedule_factor(const ScheduleOptions& schedule, int64_t step, int64_t total_steps) {
+  if (step < schedule.warmup_steps) {
+    return static_cast<double>(step) / static_cast<double>(std::max<int64_t>(1, schedule.warmup_steps));
+  }
+  const double progress = static_cast<double>(step - schedule.warmup_steps) /
+                          static_cast<double>(std::max<int64_t>(1, total_steps - schedule.warmup_steps));
+  switch (schedule.kind) {
+    case ScheduleKind::kConstant: return 1.0;
+    case ScheduleKind::kLinear: return std::max(0.0, 1.0 - progress);
+    case ScheduleKind::kCosine: return std::max(0.0, 0.5 * (1.0 + std::cos(M_PI * progress)));
+  }
+  return 1.0;
+}
+
+}  // namespace temper

@@ -1,0 +1,51 @@
+// AdamW and SGD with momentum over fp32 master tensors, written out so that their state is
+// ours to checkpoint and restore bit-exactly. The update rules follow torch.optim's
+// single-tensor implementations operation for operation (so a PyTorch run and a temper run
+// agree to rounding).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <absl/status/status.h>
+
+#include "io/safetensors.hpp"
+#include "temper/trainer.hpp"
+
+namespace temper {
+
+struct OptimizedTensor {
+  std::string name;
+  at::Tensor master;  // fp32, updated in place
+  bool decay = true;  // weight decay applies
+};
+
+class Optimizer {
+ public:
+  Optimizer(const OptimizerOptions& options, std::vector<OptimizedTensor> tensors);
+
+  // One update with `grads` (fp32, one per tensor, same order) at learning rate `lr`.
+  void step(const std::vector<at::Tensor>& grads, double lr);
+
+  const std::vector<OptimizedTensor>& tensors() const { return tensors_; }
+  int64_t steps_taken() const { return steps_; }
+
+  // Moments under "<name>.exp_avg" / ".exp_avg_sq" / ".momentum_buffer"; the step count is
+  // saved by the caller.
+  NamedTensors state() const;
+  absl::Status load_state(const SafetensorsFile& file, int64_t steps_taken);
+
+ private:
+  OptimizerOptions options_;
+  std::vector<OptimizedTensor> tensors_;
+  std::vector<at::Tensor> exp_avg_;     // AdamW first moment, or SGD momentum buffer
+  std::vector<at::Tensor> exp_avg_sq_;  // AdamW second moment
+  int64_t steps_ = 0;
+};
+
+// Learning-rate multiplier for the optimizer step with 0-based index `step`, as transformers'
+// get_{constant,linear,cosine}_schedule_with_warmup compute it.
+double schedule_factor(const ScheduleOptions& schedule, int64_t step, int64_t total_steps);
+
+}  // namespace temper
