@@ -73,4 +73,10 @@ TEMPER_API StatusOr<ModelConfig> load_model_config(const std::filesystem::path& 
 
 TEMPER_API std::string_view model_family_name(ModelFamily family);
 
+// config.json text (indent 2) that parse_model_config and transformers read back as `config`
+// (RoPE written as rope_theta + rope_scaling, which every transformers version reads).
+// INVALID_ARGUMENT when `config` has no Hugging Face form, e.g. llama with q/k/v biases but no
+// o_proj bias.
+TEMPER_API StatusOr<std::string> model_config_to_json(const ModelConfig& config);
+
 }  // namespace temper

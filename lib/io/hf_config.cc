@@ -202,3 +202,79 @@ StatusOr<ModelConfig> load_model_config(const std::filesystem::path& model_dir) 
 }
 
 }  // namespace temper
+
+namespace temper {
+namespace {
+
+const char* architecture_class(ModelFamily family) {
+  switch (family) {
+    case ModelFamily::kLlama: return "LlamaForCausalLM";
+    case ModelFamily::kMistral: return "MistralForCausalLM";
+    case ModelFamily::kQwen2: return "Qwen2ForCausalLM";
+  }
+  return "";
+}
+
+}  // namespace
+
+StatusOr<std::string> model_config_to_json(const ModelConfig& c) {
+  const std::string_view family = model_family_name(c.family);
+  auto inexpressible = [&](std::string_view what) {
+    return absl::InvalidArgumentError(str_cat("model_config_to_json: a ", family, " config.json cannot express ", what));
+  };
+  nlohmann::ordered_json j;
+  j["architectures"] = {architecture_class(c.family)};
+  j["model_type"] = std::string(family);
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_layers;
+  j["num_attention_heads"] = c.num_attention_heads;
+  j["num_key_value_heads"] = c.num_key_value_heads;
+  if (c.num_attention_heads <= 0 || c.head_dim * c.num_attention_heads != c.hidden_size) j["head_dim"] = c.head_dim;
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["rope_theta"] = c.rope_theta;
+  switch (c.rope_scaling.type) {
+    case RopeScalingType::kNone: break;
+    case RopeScalingType::kLinear:
+      j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", c.rope_scaling.factor}};
+      break;
+    case RopeScalingType::kLlama3:
+      j["rope_scaling"] = {{"rope_type", "llama3"},
+                           {"factor", c.rope_scaling.factor},
+                           {"low_freq_factor", c.rope_scaling.low_freq_factor},
+                           {"high_freq_factor", c.rope_scaling.high_freq_factor},
+                           {"original_max_position_embeddings", c.rope_scaling.original_max_position_embeddings}};
+      break;
+  }
+  j["hidden_act"] = "silu";
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  switch (c.family) {
+    case ModelFamily::kLlama:
+      if (c.qkv_bias != c.o_bias) return inexpressible("different q/k/v and o_proj biases (one attention_bias)");
+      j["attention_bias"] = c.qkv_bias;
+      j["mlp_bias"] = c.mlp_bias;
+      break;
+    case ModelFamily::kMistral:
+      if (c.qkv_bias || c.o_bias || c.mlp_bias) return inexpressible("biases");
+      j["sliding_window"] = c.sliding_window ? nlohmann::ordered_json(*c.sliding_window) : nlohmann::ordered_json();
+      break;
+    case ModelFamily::kQwen2:
+      if (!c.qkv_bias || c.o_bias || c.mlp_bias) return inexpressible("biases other than on q/k/v");
+      if (c.sliding_window) return inexpressible("a sliding window");
+      j["use_sliding_window"] = false;
+      break;
+  }
+  j["bos_token_id"] = c.bos_token_id ? nlohmann::ordered_json(*c.bos_token_id) : nlohmann::ordered_json();
+  if (c.eos_token_ids.size() == 1) {
+    j["eos_token_id"] = c.eos_token_ids[0];
+  } else if (!c.eos_token_ids.empty()) {
+    j["eos_token_id"] = c.eos_token_ids;
+  }
+  if (c.pad_token_id) j["pad_token_id"] = *c.pad_token_id;
+  if (!c.torch_dtype.empty()) j["torch_dtype"] = c.torch_dtype;
+  return j.dump(2) + "\n";
+}
+
+}  // namespace temper

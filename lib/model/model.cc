@@ -6,6 +6,7 @@
 #include "util/strings.hpp"
 
 #include "io/checkpoint.hpp"
+#include "io/read_file.hpp"
 #include "model/activation_checkpoint.hpp"
 #include "model/decoder_block.hpp"
 #include "model/loss.hpp"
@@ -139,6 +140,8 @@ StatusOr<Model> Model::load(const std::filesystem::path& dir, const ModelOptions
   impl->config = config;
   impl->options = options;
   impl->layers.resize(config.num_layers);
+  TEMPER_ASSIGN_OR_RETURN(impl->config_json, read_file(dir / "config.json"));
+  impl->source_dir = dir;
 
   // Check names and shapes of everything before converting anything.
   std::vector<std::string> missing;
@@ -206,6 +209,7 @@ StatusOr<Model> Model::random(const ModelConfig& config, const ModelOptions& opt
     impl->config = config;
     impl->options = options;
     impl->layers.resize(config.num_layers);
+    impl->config_json = model_config_to_json(config).value_or("");
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     impl->for_each_parameter([&](const ParamSpec& spec, at::Tensor& slot) {
       at::Tensor value;

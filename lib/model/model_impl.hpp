@@ -2,6 +2,7 @@
 // LoRA, quantization, the trainer). Not installed.
 #pragma once
 
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
@@ -52,6 +53,10 @@ struct Model::Impl {
   at::Tensor final_norm;  // [hidden]
   at::Tensor lm_head;     // [vocab, hidden]; the same tensor as `embed` when tied
   at::Tensor inv_freq;    // [head_dim / 2] fp32 on the model's device, RoPE frequencies after scaling
+  // config.json as loaded (or generated for Model::random; empty when the config has no Hugging
+  // Face form) and the directory it came from (empty for Model::random): export writes them back.
+  std::string config_json;
+  std::filesystem::path source_dir;
   // Recompute each decoder layer in the backward pass instead of keeping its activations (set by
   // the Trainer; applies only while autograd records and no KV cache is used).
   bool gradient_checkpointing = false;

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
 
+#include "io/atomic_directory.hpp"
 #include "io/atomic_file.hpp"
 #include "io/directory.hpp"
 #include "io/json_file.hpp"
@@ -51,54 +52,28 @@ absl::StatusOr<std::string> file_checksum(const std::filesystem::path& path) {
 
 absl::Status write_checkpoint_dir(const std::filesystem::path& dir,
                                   const std::function<absl::Status(const std::filesystem::path&)>& write_files) {
-  const std::filesystem::path parent = dir.has_parent_path() ? dir.parent_path() : std::filesystem::path(".");
-  std::error_code ec;
-  std::filesystem::create_directories(parent, ec);
-  if (ec) return absl::InternalError(str_cat("creating ", parent.string(), ": ", ec.message()));
-  std::string pattern = (parent / ("." + dir.filename().string() + ".tmp-XXXXXX")).string();
-  if (::mkdtemp(pattern.data()) == nullptr) {
-    return os_error(errno, str_cat("creating a temporary directory for ", dir.string()));
-  }
-  const std::filesystem::path tmp = pattern;
-  auto fail = [&](absl::Status status) {
-    (void)remove_tree(tmp);
-    return status;
+  auto write_sealed = [&](const std::filesystem::path& tmp) -> absl::Status {
+    TEMPER_RETURN_IF_ERROR(write_files(tmp));
+    TEMPER_ASSIGN_OR_RETURN(std::vector<std::string> names, list_directory(tmp));
+    nlohmann::ordered_json files = nlohmann::ordered_json::object();
+    for (const std::string& name : names) {
+      TEMPER_RETURN_IF_ERROR(sync_file(tmp / name));
+      TEMPER_ASSIGN_OR_RETURN(const uint64_t size, stat_size(tmp / name));
+      TEMPER_ASSIGN_OR_RETURN(std::string sum, file_checksum(tmp / name));
+      files[name] = {{"bytes", size}, {"xxh3_64", sum}};
+    }
+    const nlohmann::ordered_json manifest = {{"format", "temper-checkpoint"}, {"version", 1}, {"files", files}};
+    // The manifest goes last: a directory without it is never taken for a checkpoint.
+    return write_file_atomic(tmp / kCheckpointManifest, manifest.dump(2) + "\n");
   };
-
-  absl::Status status = write_files(tmp);
-  if (!status.ok()) return fail(status);
-  absl::StatusOr<std::vector<std::string>> names = list_directory(tmp);
-  if (!names.ok()) return fail(names.status());
-  nlohmann::ordered_json files = nlohmann::ordered_json::object();
-  for (const std::string& name : *names) {
-    status = sync_file(tmp / name);
-    if (!status.ok()) return fail(status);
-    absl::StatusOr<uint64_t> size = stat_size(tmp / name);
-    absl::StatusOr<std::string> sum = size.ok() ? file_checksum(tmp / name) : size.status();
-    if (!sum.ok()) return fail(sum.status());
-    files[name] = {{"bytes", *size}, {"xxh3_64", *sum}};
-  }
-  const nlohmann::ordered_json manifest = {{"format", "temper-checkpoint"}, {"version", 1}, {"files", files}};
-  status = write_file_atomic(tmp / kCheckpointManifest, manifest.dump(2) + "\n");
-  if (status.ok()) status = sync_directory(tmp);
-  if (!status.ok()) return fail(status);
-
-  // An existing checkpoint of the same name moves aside first and goes only once the new one
-  // is in place, so at every moment one complete checkpoint carries the name or its aside copy.
-  std::filesystem::path aside;
-  if (std::filesystem::exists(dir, ec)) {
-    aside = parent / ("." + dir.filename().string() + ".old");
-    (void)remove_tree(aside);
-    if (::rename(dir.c_str(), aside.c_str()) != 0) return fail(os_error(errno, str_cat("moving aside ", dir.string())));
-  }
-  if (::rename(tmp.c_str(), dir.c_str()) != 0) {
-    const absl::Status err = os_error(errno, str_cat("renaming ", tmp.string(), " to ", dir.string()));
-    if (!aside.empty()) (void)::rename(aside.c_str(), dir.c_str());
-    return fail(err);
-  }
-  status = sync_directory(parent);
-  if (!aside.empty()) (void)remove_tree(aside);
-  return status;
+  // Only a checkpoint (one with a manifest) may be replaced by another.
+  auto may_replace = [](const std::filesystem::path& existing) -> absl::Status {
+    std::error_code ec;
+    if (std::filesystem::exists(existing / kCheckpointManifest, ec)) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        str_cat(existing.string(), " exists and is not a temper checkpoint; it is left alone"));
+  };
+  return write_directory_atomic(dir, write_sealed, may_replace);
 }
 
 absl::Status verify_checkpoint_dir(const std::filesystem::path& dir) {

@@ -1,8 +1,8 @@
 // Checkpoint directories that are whole or absent.
 //
 // A checkpoint is written into a temporary directory beside its destination; every file is
-// fsynced, then a manifest (each file's size and XXH3-64 checksum) is written last, the
-// directory is fsynced and renamed into place, and the parent is fsynced. A reader accepts a
+// fsynced, then a manifest (each file's size and XXH3-64 checksum) is written last, and the
+// directory is put in place by write_directory_atomic (lib/io/atomic_directory.hpp). A reader accepts a
 // directory only when its manifest is present and every file matches it, so a directory left
 // by a crash at any moment (no manifest, short file, torn write) is never taken for a good one.
 #pragma once
@@ -21,8 +21,9 @@ namespace temper {
 inline constexpr char kCheckpointManifest[] = "manifest.json";
 
 // Calls `write_files(tmp_dir)` to fill a fresh temporary directory, then seals it with a
-// manifest and renames it to `dir` (replacing an existing checkpoint of that name only after the
-// new one is complete). On any failure `dir` is left as it was and the temporary is removed.
+// manifest and puts it in place as `dir` (an existing checkpoint of that name is replaced only
+// by a complete new one; anything else in the way is FAILED_PRECONDITION). On any failure `dir`
+// is left as it was and the temporary is removed.
 absl::Status write_checkpoint_dir(const std::filesystem::path& dir,
                                   const std::function<absl::Status(const std::filesystem::path&)>& write_files);
 

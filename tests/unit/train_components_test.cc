@@ -171,6 +171,10 @@ TEST_CASE("checkpoint directories are sealed by a manifest and any damage is det
   CHECK(verify_checkpoint_dir(ckpt).code() == absl::StatusCode::kDataLoss);
   std::filesystem::remove(ckpt / "manifest.json");
   CHECK(verify_checkpoint_dir(ckpt).code() == absl::StatusCode::kDataLoss);
+  // Without a manifest it is not a checkpoint, and a new checkpoint never replaces it.
+  CHECK(write_checkpoint_dir(ckpt, [](const std::filesystem::path&) { return absl::OkStatus(); }).code() ==
+        absl::StatusCode::kFailedPrecondition);
+  REQUIRE_OK(remove_tree(ckpt));
 
   // A failing writer leaves the previous checkpoint and no temporary directory.
   REQUIRE_OK(write_checkpoint_dir(ckpt, [](const std::filesystem::path& tmp) {
