@@ -15,7 +15,7 @@ at::Tensor combined_weight(const LoraModule& module, const at::Tensor& weight) {
 }
 
 at::Tensor row_norm(const at::Tensor& w) {  // [out, in] -> [out]
-  return at::linalg_vector_norm(w, 2, at::IntArrayRef{1}, /*keepdim=*/false, c10::nullopt);
+  return at::linalg_vector_norm(w, 2, at::IntArrayRef{1});
 }
 
 }  // namespace
