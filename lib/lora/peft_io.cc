@@ -19,7 +19,9 @@
 namespace temper {
 namespace {
 
-std::string shape_string(const std::vector<int64_t>& shape) { return str_cat("[", fmt::format("{}", fmt::join(shape, ", ")), "]"); }
+std::string shape_string(const std::vector<int64_t>& shape) {
+  return str_cat("[", fmt::format("{}", fmt::join(shape, ", ")), "]");
+}
 
 bool path_exists(const std::filesystem::path& path) {
   struct stat st {};
@@ -68,11 +70,13 @@ absl::StatusOr<std::vector<LinearModuleRef>> config_targets(const PeftLoraConfig
   return out;
 }
 
+enum class AdapterTensor { kA, kB, kMagnitude };
+
 struct ExpectedTensor {
   std::string key;
   std::vector<int64_t> shape;
-  size_t module = 0;
-  int kind = 0;  // 0 A, 1 B, 2 magnitude
+  size_t module = 0;  // index into the plans
+  AdapterTensor kind = AdapterTensor::kA;
 };
 
 std::vector<ExpectedTensor> expected_tensors(const std::vector<ModulePlan>& plans, bool use_dora) {
@@ -80,9 +84,11 @@ std::vector<ExpectedTensor> expected_tensors(const std::vector<ModulePlan>& plan
   for (size_t i = 0; i < plans.size(); ++i) {
     const ModulePlan& p = plans[i];
     const std::string prefix = str_cat(kPeftKeyPrefix, p.module.name, ".");
-    out.push_back({prefix + "lora_A.weight", {p.rank, p.module.in_features}, i, 0});
-    out.push_back({prefix + "lora_B.weight", {p.module.out_features, p.rank}, i, 1});
-    if (use_dora) out.push_back({prefix + "lora_magnitude_vector", {p.module.out_features}, i, 2});
+    out.push_back({prefix + "lora_A.weight", {p.rank, p.module.in_features}, i, AdapterTensor::kA});
+    out.push_back({prefix + "lora_B.weight", {p.module.out_features, p.rank}, i, AdapterTensor::kB});
+    if (use_dora) {
+      out.push_back({prefix + "lora_magnitude_vector", {p.module.out_features}, i, AdapterTensor::kMagnitude});
+    }
   }
   return out;
 }
@@ -123,9 +129,8 @@ void write_patterns(const LoraAdapter::Impl& impl, const std::vector<LinearModul
 StatusOr<LoraAdapter> LoraAdapter::load(Model& model, const std::filesystem::path& dir) {
   const std::filesystem::path config_path = dir / kAdapterConfigFile;
   if (!path_exists(config_path)) {
-    return absl::NotFoundError(path_exists(dir) ? str_cat(dir.string(), ": no ", kAdapterConfigFile,
-                                                     " (is it a PEFT adapter directory?)")
-                                           : str_cat(dir.string(), ": no such directory"));
+    if (!path_exists(dir)) return absl::NotFoundError(str_cat(dir.string(), ": no such directory"));
+    return absl::NotFoundError(str_cat(dir.string(), ": no ", kAdapterConfigFile, " (is it a PEFT adapter directory?)"));
   }
   const std::string source = config_path.string();
   TEMPER_ASSIGN_OR_RETURN(std::string text, read_file(config_path));
@@ -217,7 +222,11 @@ StatusOr<LoraAdapter> LoraAdapter::load(Model& model, const std::filesystem::pat
                               return stored.to(device, at::kFloat, /*non_blocking=*/false, /*copy=*/true).requires_grad_(true);
                             }));
     LoraModule& m = *loaded[e.module];
-    (e.kind == 0 ? m.a : e.kind == 1 ? m.b : m.magnitude) = value;
+    switch (e.kind) {
+      case AdapterTensor::kA: m.a = value; break;
+      case AdapterTensor::kB: m.b = value; break;
+      case AdapterTensor::kMagnitude: m.magnitude = value; break;
+    }
   }
   TEMPER_ASSIGN_OR_RETURN(std::unique_ptr<Impl> impl, install_adapter(mi, options, std::move(loaded)));
   return LoraAdapter(std::move(impl));
@@ -232,10 +241,8 @@ Status LoraAdapter::save(const std::filesystem::path& dir, std::string_view base
   config.use_dora = impl_->options.use_dora;
   config.gaussian_init = impl_->options.init == LoraOptions::Init::kGaussian;
   std::vector<LinearModuleRef> targets;
-  for (const auto& m : impl_->modules) {
-    for (const LinearModuleRef& ref : impl_->all_modules) {
-      if (ref.name == m->name) targets.push_back(ref);
-    }
+  for (const LinearModuleRef& ref : impl_->all_modules) {
+    if (impl_->module_of_weight.count(ref.name + ".weight")) targets.push_back(ref);
   }
   config.target_modules = peft_target_list(impl_->all_modules, targets);
   write_patterns(*impl_, targets, config);

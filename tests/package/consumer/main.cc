@@ -20,6 +20,10 @@ int main() {
   input.input_ids = at::zeros({1, 3}, at::kLong);
   auto out = model->forward(input);
   if (!out.ok() || out->logits.size(2) != 16) return 2;
+  temper::LoraOptions lora;
+  lora.rank = 2;
+  auto adapter = temper::LoraAdapter::create(*model, lora);
+  if (!adapter.ok() || adapter->named_parameters().size() != 14 || !adapter->merge().ok()) return 4;
   auto bad = temper::parse_model_config("{}", "consumer");
   if (bad.ok()) return 3;
   std::printf("%s\n", temper::build_info().c_str());
