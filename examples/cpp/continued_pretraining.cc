@@ -2,8 +2,8 @@
 // watching a general held-out set for forgetting. With its defaults this is temper's demo: the
 // bundled model learns the bundled medical text on a CPU in a few minutes.
 //
-//   temper_pretrain --model assets/model --train data/corpora/medical_train.txt \
-//     --eval_domain data/corpora/medical_heldout.txt --eval_general data/corpora/general_heldout.txt \
+//   temper_pretrain --model assets/model --train data/corpora/medical_train.txt
+//     --eval_domain data/corpora/medical_heldout.txt --eval_general data/corpora/general_heldout.txt
 //     --steps 150 --output out/medical-lora
 #include <cstdio>
 #include <string>

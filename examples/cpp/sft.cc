@@ -2,7 +2,7 @@
 // file of {"prompt": ..., "response": ...} records, or, for the bundled corpus, a glossary of
 // "Term: definition" lines turned into questions and answers.
 //
-//   temper_sft --model assets/model --data data/corpora/medical_train.txt \
+//   temper_sft --model assets/model --data data/corpora/medical_train.txt
 //     --eval data/corpora/medical_heldout.txt --steps 100 --output out/medical-sft
 #include <cstdio>
 #include <fstream>

@@ -1,3 +1,4 @@
+#include <ATen/core/grad_mode.h>
 #include "model/activation_checkpoint.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>

@@ -1,4 +1,5 @@
 // The model on the GPU: bf16 against transformers' bf16 logits, and fp32 CUDA against fp32 CPU.
+#include <ATen/core/grad_mode.h>
 #include "io/safetensors.hpp"
 #include "model_support.hpp"
 #include "temper/model.hpp"

@@ -1,5 +1,6 @@
 // LoraAdapter and export_merged_model on tiny random models: the maths against references
 // computed here in fp64, PEFT's file format, merge/unmerge, and the errors for bad input.
+#include <ATen/core/grad_mode.h>
 #include <sys/stat.h>
 
 #include <fstream>
