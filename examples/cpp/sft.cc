@@ -106,8 +106,9 @@ int main(int argc, char** argv) {
   const size_t count = examples->size();
   auto data = temper::SftSource::create(std::move(*examples), sft);
   if (!data.ok()) return fail(data.status());
-  std::printf("SFT: %zu examples (%lld truncated to %lld tokens)\n", count,
-              static_cast<long long>((*data)->truncated_examples()), static_cast<long long>(sft.max_seq_len));
+  std::printf("SFT: %zu examples (%lld truncated to %lld tokens, %lld dropped: prompt too long)\n", count,
+              static_cast<long long>((*data)->truncated_examples()), static_cast<long long>(sft.max_seq_len),
+              static_cast<long long>((*data)->dropped_examples()));
 
   temper::TrainerOptions options;
   if (!absl::GetFlag(FLAGS_eval).empty()) {

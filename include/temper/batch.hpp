@@ -93,8 +93,9 @@ struct SftOptions {
 };
 
 // Supervised fine-tuning: prompt + response per row, right-padded to the longest row of the
-// batch; labels are -100 on prompt and padding. Over-long examples are truncated (counted in
-// truncated_examples()); an example whose prompt alone fills max_seq_len is rejected at create().
+// batch; labels are -100 on prompt and padding. Over-long responses are cut at max_seq_len
+// (counted in truncated_examples()); an example whose prompt alone fills max_seq_len is dropped
+// (counted in dropped_examples()); create() fails only when nothing is left.
 class TEMPER_API SftSource final : public BatchSource {
  public:
   static StatusOr<std::unique_ptr<SftSource>> create(std::vector<SftExample> examples, const SftOptions& options);
@@ -105,6 +106,8 @@ class TEMPER_API SftSource final : public BatchSource {
   Status restore_state(const std::string& state) override;
 
   int64_t truncated_examples() const { return truncated_; }
+  int64_t dropped_examples() const { return dropped_; }
+  int64_t num_examples() const { return static_cast<int64_t>(examples_.size()); }
 
  private:
   SftSource() = default;
@@ -116,6 +119,7 @@ class TEMPER_API SftSource final : public BatchSource {
   int64_t cursor_ = 0;
   int64_t epoch_ = 0;
   int64_t truncated_ = 0;
+  int64_t dropped_ = 0;
 };
 
 }  // namespace temper

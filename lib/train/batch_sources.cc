@@ -116,21 +116,29 @@ StatusOr<std::unique_ptr<SftSource>> SftSource::create(std::vector<SftExample> e
   if (examples.empty()) return absl::InvalidArgumentError("SftSource: no examples");
   std::unique_ptr<SftSource> source(new SftSource());
   source->options_ = options;
+  std::vector<SftExample> kept;
+  kept.reserve(examples.size());
   for (size_t i = 0; i < examples.size(); ++i) {
     SftExample& ex = examples[i];
     if (ex.response.empty()) return absl::InvalidArgumentError(str_cat("SftSource: example ", i, " has an empty response"));
     const int64_t prompt = static_cast<int64_t>(ex.prompt.size());
-    if (prompt >= options.max_seq_len) {
-      return absl::InvalidArgumentError(str_cat("SftSource: example ", i, "'s prompt (", prompt,
-                                                " tokens) leaves no room for a response within max_seq_len ",
-                                                options.max_seq_len));
+    if (prompt >= options.max_seq_len) {  // nothing of the response would be learnt
+      ++source->dropped_;
+      continue;
     }
     const int64_t room = options.max_seq_len - prompt;
     if (static_cast<int64_t>(ex.response.size()) > room) {
       ex.response.resize(room);
       ++source->truncated_;
     }
+    kept.push_back(std::move(ex));
   }
+  if (kept.empty()) {
+    return absl::InvalidArgumentError(str_cat("SftSource: all ", examples.size(),
+                                              " examples have prompts of max_seq_len (", options.max_seq_len,
+                                              ") tokens or more"));
+  }
+  examples = std::move(kept);
   source->examples_ = std::move(examples);
   source->reshuffle();
   return source;

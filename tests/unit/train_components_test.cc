@@ -90,6 +90,10 @@ TEST_CASE("SFT batches score only response tokens, right-padded, truncating long
   CHECK(scored_tokens(*batch) == 2 + 5);
   CHECK((*source)->objective() == Objective::kSft);
 
+  auto dropping = SftSource::create({{{1, 2, 3, 4, 5, 6}, {7}}, {{1}, {2}}}, options);
+  REQUIRE_OK(dropping);
+  CHECK((*dropping)->dropped_examples() == 1);
+  CHECK((*dropping)->num_examples() == 1);
   CHECK(SftSource::create({{{1, 2, 3, 4, 5, 6}, {7}}}, options).status().code() == absl::StatusCode::kInvalidArgument);
   CHECK(SftSource::create({{{1}, {}}}, options).status().code() == absl::StatusCode::kInvalidArgument);
   CHECK(SftSource::create({}, options).status().code() == absl::StatusCode::kInvalidArgument);

@@ -8,6 +8,7 @@
 #include "temper/batch.hpp"
 #include "temper/lora_adapter.hpp"
 #include "temper/trainer.hpp"
+#include "train/checkpoint_dir.hpp"
 
 using namespace temper;
 using namespace temper::testing;
@@ -362,4 +363,33 @@ TEST_CASE("LoRA training updates only the adapter and resumes exactly", "[unit]"
   REQUIRE(resumed.size() == 5);
   for (size_t i = 0; i < 5; ++i) CHECK(resumed[i] == full[3 + i]);
   for (size_t i = 0; i < a.size(); ++i) CHECK(at::equal(a[i], b[i]));
+}
+
+TEST_CASE("a checkpoint of another format version is refused with FAILED_PRECONDITION", "[unit]") {
+  const ModelConfig config = tiny_config();
+  TempDir dir;
+  Model model = tiny_model(config, 92);
+  auto data = packed_source(config);
+  TrainerOptions options = base_options();
+  options.max_steps = 1;
+  auto trainer = Trainer::create(model, *data, options);
+  REQUIRE_OK(trainer->train());
+  REQUIRE_OK(trainer->save_checkpoint(dir / "good"));
+  // The same files, sealed again with a state that claims a future version.
+  REQUIRE_OK(write_checkpoint_dir(dir / "future", [&](const std::filesystem::path& tmp) -> absl::Status {
+    for (const char* name : {"trainable.safetensors", "optimizer.safetensors", "rng.safetensors"}) {
+      std::filesystem::copy_file(dir / "good" / name, tmp / name);
+    }
+    std::ifstream in(dir / "good" / "trainer_state.json");
+    std::string state((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto pos = state.find("\"version\": 1");
+    REQUIRE(pos != std::string::npos);
+    state.replace(pos, 12, "\"version\": 99");
+    std::ofstream(tmp / "trainer_state.json") << state;
+    return absl::OkStatus();
+  }));
+  const absl::Status status = trainer->resume(dir / "future");
+  CHECK(status.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK_THAT(std::string(status.message()), Catch::Contains("version 99"));
+  REQUIRE_OK(trainer->resume(dir / "good"));
 }
