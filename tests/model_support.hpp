@@ -42,4 +42,14 @@ inline at::Tensor random_ids(int64_t batch, int64_t seq, int64_t vocab, uint64_t
   return at::randint(0, vocab, {batch, seq}, at::kLong);
 }
 
+// Logits [B, T, vocab] of a forward pass without autograd; the test fails on an error status.
+inline at::Tensor logits_of(const Model& model, const at::Tensor& ids) {
+  at::NoGradGuard no_grad;
+  ForwardInput input;
+  input.input_ids = ids;
+  auto out = model.forward(input);
+  REQUIRE_OK(out);
+  return out->logits;
+}
+
 }  // namespace temper::testing

@@ -7,7 +7,7 @@
 #include "temper/export.hpp"
 #include "temper/lora_adapter.hpp"
 #include "temper/model.hpp"
-#include "test_support.hpp"
+#include "model_support.hpp"
 
 using namespace temper;
 using namespace temper::testing;
@@ -30,15 +30,6 @@ at::Tensor stored(const std::filesystem::path& file, const std::string& key) {
   auto t = f->tensor(key);
   REQUIRE_OK(t);
   return t->clone();
-}
-
-at::Tensor logits_of(const Model& model, const at::Tensor& ids) {
-  at::NoGradGuard no_grad;
-  ForwardInput input;
-  input.input_ids = ids;
-  auto out = model.forward(input);
-  REQUIRE_OK(out);
-  return out->logits;
 }
 
 }  // namespace

@@ -22,15 +22,6 @@ namespace {
 
 constexpr char kPrefix[] = "base_model.model.";
 
-at::Tensor logits_of(const Model& model, const at::Tensor& ids) {
-  at::NoGradGuard no_grad;
-  ForwardInput input;
-  input.input_ids = ids;
-  auto out = model.forward(input);
-  REQUIRE_OK(out);
-  return out->logits;
-}
-
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }

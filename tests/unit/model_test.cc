@@ -12,14 +12,6 @@ using namespace temper::testing;
 
 namespace {
 
-at::Tensor logits_of(const Model& model, const at::Tensor& ids) {
-  ForwardInput input;
-  input.input_ids = ids;
-  auto out = model.forward(input);
-  REQUIRE_OK(out);
-  return out->logits;
-}
-
 // Writes `model`'s weights and a config.json for `config` into `dir`.
 void save_model_dir(const std::filesystem::path& dir, const Model& model, const nlohmann::json& config_json,
                     const NamedTensors& replace = {}) {
