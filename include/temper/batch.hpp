@@ -20,6 +20,7 @@ struct Batch {
   at::Tensor input_ids;     // [B, T] int64
   at::Tensor labels;        // [B, T] int64, unshifted; -100 where no loss is taken (prompt, padding)
   at::Tensor position_ids;  // [B, T] int64, optional (restarting at packed document boundaries)
+  at::Tensor segment_ids;   // [B, T] int64, optional: attention stays within a segment (packed documents)
 };
 
 // The number of positions a batch scores: labels[:, 1:] != -100 (the model shifts by one).

@@ -32,6 +32,10 @@ struct ForwardInput {
   at::Tensor labels;
   // [B, T] int64, optional. Default: cache length + 0..T-1 for every row.
   at::Tensor position_ids;
+  // [B, T] integer, optional: packed sequences. A position attends only to earlier positions of
+  // the same segment (block-diagonal causal attention), so packed documents never see each
+  // other. Not combinable with a KV cache.
+  at::Tensor segment_ids;
 };
 
 struct ForwardOutput {

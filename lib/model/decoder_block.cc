@@ -8,7 +8,7 @@ namespace temper {
 
 at::Tensor decoder_layer_forward(const DecoderLayer& layer, const ModelConfig& config, const at::Tensor& h,
                                  const at::Tensor& cos, const at::Tensor& sin, at::Tensor* cache_k,
-                                 at::Tensor* cache_v) {
+                                 at::Tensor* cache_v, const at::Tensor& segment_ids) {
   const int64_t batch = h.size(0);
   const int64_t seq = h.size(1);
   const int64_t d = config.head_dim;
@@ -31,7 +31,7 @@ at::Tensor decoder_layer_forward(const DecoderLayer& layer, const ModelConfig& c
     *cache_k = k;
     *cache_v = v;
   }
-  const at::Tensor attn = causal_attention(q, k, v, past, config.sliding_window);  // [B, Hq, T, D]
+  const at::Tensor attn = causal_attention(q, k, v, past, config.sliding_window, segment_ids);  // [B, Hq, T, D]
   const at::Tensor merged = attn.transpose(1, 2).reshape({batch, seq, config.num_attention_heads * d});
   const at::Tensor h1 = h + layer.o.forward(merged);
 

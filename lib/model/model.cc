@@ -83,6 +83,10 @@ absl::StatusOr<at::Tensor> checked_ids(const ForwardInput& input, const ModelCon
     return absl::InvalidArgumentError(str_cat("forward: position_ids must be non-negative integers of shape ",
                                                    shape_string(ids.sizes())));
   }
+  if (input.segment_ids.defined() &&
+      (input.segment_ids.sizes() != ids.sizes() || !at::isIntegralType(input.segment_ids.scalar_type(), false))) {
+    return absl::InvalidArgumentError(str_cat("forward: segment_ids must be integers of shape ", shape_string(ids.sizes())));
+  }
   return ids.to(at::kLong);
 }
 
@@ -232,6 +236,9 @@ StatusOr<ForwardOutput> Model::forward(const ForwardInput& input, KvCache* cache
                                                 cache->keys[0].size(0) != ids.size(0))) {
     return absl::InvalidArgumentError("forward: the KV cache belongs to another model or batch; clear() it first");
   }
+  if (cache != nullptr && input.segment_ids.defined()) {
+    return absl::InvalidArgumentError("forward: segment_ids (packed sequences) cannot be combined with a KV cache");
+  }
   return guarded("forward", [&]() -> StatusOr<ForwardOutput> {
     const at::Device device = impl_->options.device;
     ids = ids.to(device);
@@ -250,16 +257,17 @@ StatusOr<ForwardOutput> Model::forward(const ForwardInput& input, KvCache* cache
       cache->values.assign(config.num_layers, at::Tensor());
     }
     at::Tensor h = at::embedding(impl_->embed, ids);  // [B, T, hidden]
+    const at::Tensor segments = input.segment_ids.defined() ? input.segment_ids.to(device) : at::Tensor();
     const bool recompute = impl_->gradient_checkpointing && cache == nullptr && at::GradMode::is_enabled();
     for (int64_t i = 0; i < config.num_layers; ++i) {
       const DecoderLayer& layer = impl_->layers[i];
       if (recompute) {
-        h = checkpointed([&layer, &config, cos = cos, sin = sin](const at::Tensor& x) {
-          return decoder_layer_forward(layer, config, x, cos, sin, nullptr, nullptr);
+        h = checkpointed([&layer, &config, cos = cos, sin = sin, segments](const at::Tensor& x) {
+          return decoder_layer_forward(layer, config, x, cos, sin, nullptr, nullptr, segments);
         }, h);
       } else {
         h = decoder_layer_forward(layer, config, h, cos, sin, cache ? &cache->keys[i] : nullptr,
-                                  cache ? &cache->values[i] : nullptr);
+                                  cache ? &cache->values[i] : nullptr, segments);
       }
     }
     if (cache != nullptr) cache->length = past + seq;

@@ -312,3 +312,24 @@ TEST_CASE("loading reports missing directories, configs and weights", "[unit]") 
   std::ofstream(dir / "config.json") << json.dump();
   CHECK(Model::load(dir.path()).status().code() == absl::StatusCode::kUnimplemented);
 }
+
+TEST_CASE("packed documents with segment ids and restarted positions equal each document alone", "[unit]") {
+  for (ModelFamily family : {ModelFamily::kLlama, ModelFamily::kMistral}) {
+    ModelConfig config = tiny_config(family);
+    if (family == ModelFamily::kMistral) config.sliding_window = 4;
+    const Model model = tiny_model(config, 95);
+    const at::Tensor a = random_ids(1, 7, config.vocab_size, 96);
+    const at::Tensor b = random_ids(1, 5, config.vocab_size, 97);
+    ForwardInput packed;
+    packed.input_ids = at::cat({a, b}, 1);
+    packed.position_ids = at::cat({at::arange(7, at::kLong), at::arange(5, at::kLong)}).unsqueeze(0);
+    packed.segment_ids = at::cat({at::zeros({7}, at::kLong), at::ones({5}, at::kLong)}).unsqueeze(0);
+    at::NoGradGuard no_grad;
+    auto out = model.forward(packed);
+    REQUIRE_OK(out);
+    CHECK(max_abs_diff(out->logits.narrow(1, 0, 7), logits_of(model, a)) < 1e-5);
+    CHECK(max_abs_diff(out->logits.narrow(1, 7, 5), logits_of(model, b)) < 1e-5);
+    KvCache cache;
+    CHECK(model.forward(packed, &cache).status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
