@@ -24,7 +24,7 @@ Problem string_field(const json& obj, const std::string& name, bool required, st
   if (it == obj.end() || it->is_null()) return required ? str_cat(shown, " is missing") : Problem();
   if (!it->is_string()) return str_cat(shown, " must be a string, not ", it->type_name());
   const std::string& value = it->get_ref<const std::string&>();
-  if (is_blank(value)) return required ? str_cat(shown, " is empty") : Problem();
+  if (is_white_space_only(value)) return required ? str_cat(shown, " is empty") : Problem();
   *out = value;
   return Problem();
 }
@@ -96,7 +96,7 @@ class JsonlReader final : public LineDocumentReader {
         case LineCursor::Line::Kind::kText:
           break;
       }
-      if (is_blank(line->text)) continue;
+      if (is_white_space_only(line->text)) continue;
       Document doc;
       Problem problem = parse(line->text, &doc);
       if (!problem.empty()) {

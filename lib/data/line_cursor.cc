@@ -97,7 +97,7 @@ absl::StatusOr<LineCursor::Line> LineCursor::next() {
           }
           ++line_;  // a last line without '\n'
           if (too_long) return Line{Line::Kind::kTooLong, {}, file_, number};
-          return Line{Line::Kind::kText, without_carriage_return(long_line_), file_, number};
+          return finish(without_carriage_return(long_line_), number);
         }
       }
       any = true;
@@ -111,12 +111,12 @@ absl::StatusOr<LineCursor::Line> LineCursor::next() {
         begin_ += consumed;
         offset_ += static_cast<int64_t>(consumed);
         ++line_;
-        if (static_cast<int64_t>(chunk) > max_line_bytes_) return Line{Line::Kind::kTooLong, {}, file_, number};
-        return Line{Line::Kind::kText, without_carriage_return(std::string_view(start, chunk)), file_, number};
+        return finish(without_carriage_return(std::string_view(start, chunk)), number);
       }
 
       if (!too_long) {
-        if (static_cast<int64_t>(long_line_.size() + chunk) > max_line_bytes_) {
+        // One byte of slack for the '\r' of a CRLF line, which is not part of the line.
+        if (static_cast<int64_t>(long_line_.size() + chunk) > max_line_bytes_ + 1) {
           too_long = true;
           long_line_.clear();
         } else {
@@ -130,10 +130,15 @@ absl::StatusOr<LineCursor::Line> LineCursor::next() {
         ++offset_;
         ++line_;
         if (too_long) return Line{Line::Kind::kTooLong, {}, file_, number};
-        return Line{Line::Kind::kText, without_carriage_return(long_line_), file_, number};
+        return finish(without_carriage_return(long_line_), number);
       }
     }
   }
+}
+
+LineCursor::Line LineCursor::finish(std::string_view text, int64_t number) const {
+  if (static_cast<int64_t>(text.size()) > max_line_bytes_) return Line{Line::Kind::kTooLong, {}, file_, number};
+  return Line{Line::Kind::kText, text, file_, number};
 }
 
 void LineCursor::rewind() {
@@ -167,9 +172,9 @@ absl::Status LineCursor::seek(size_t file, int64_t offset, int64_t line) {
   } else if (offset > st.st_size) {
     status = absl::InvalidArgumentError(
         str_cat(path.string(), ": byte offset ", offset, " is beyond the end of the file (", st.st_size, " bytes)"));
-  } else if (offset > 0) {
+  } else if (offset > 0 && offset < st.st_size) {
     // A position is always taken at the start of a line: after a '\n', or after the byte-order
-    // mark that opens the file.
+    // mark that opens the file (or at the end of the file).
     char head[kByteOrderMarkSize] = {};
     char before = 0;
     const bool after_newline = ::pread(fd, &before, 1, offset - 1) == 1 && before == '\n';

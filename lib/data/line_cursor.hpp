@@ -60,6 +60,8 @@ class LineCursor {
   void close_current();
   // Reads more of the current file into the buffer; false at end of file.
   absl::StatusOr<bool> refill();
+  // The line `text` numbered `number`, or kTooLong when it exceeds max_line_bytes.
+  Line finish(std::string_view text, int64_t number) const;
 
   std::vector<std::filesystem::path> paths_;
   int64_t max_line_bytes_;

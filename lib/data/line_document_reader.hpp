@@ -54,10 +54,10 @@ class LineDocumentReader : public DocumentReader {
   int64_t max_document_bytes_;
 };
 
-// True when `text` holds nothing but ASCII white space: such lines separate text blocks and are
-// not documents (nor JSONL records).
-inline bool is_blank(std::string_view text) {
-  return text.find_first_not_of(" \t\r\f\v") == std::string_view::npos;
+// True when `text` holds nothing but ASCII white space: such lines separate text blocks, and
+// they (or such files) are not documents, nor JSONL records.
+inline bool is_white_space_only(std::string_view text) {
+  return text.find_first_not_of(" \t\n\r\f\v") == std::string_view::npos;
 }
 
 }  // namespace temper

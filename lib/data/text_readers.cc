@@ -35,7 +35,7 @@ class TextLinesReader final : public LineDocumentReader {
           continue;
         }
         case LineCursor::Line::Kind::kText:
-          if (is_blank(line->text)) continue;
+          if (is_white_space_only(line->text)) continue;
           Document doc;
           doc.text = std::string(line->text);
           doc.origin = origin(*line);
@@ -72,7 +72,7 @@ class TextBlocksReader final : public LineDocumentReader {
           if (first_line > 0) break;
           continue;
         }
-        if (kind == LineCursor::Line::Kind::kText && is_blank(line->text)) {
+        if (kind == LineCursor::Line::Kind::kText && is_white_space_only(line->text)) {
           if (first_line > 0) break;
           continue;
         }
@@ -126,7 +126,7 @@ class TextFilesReader final : public DocumentReader {
         if (!status.ok()) return status;
         continue;
       }
-      if (is_blank(*text)) continue;
+      if (is_white_space_only(*text)) continue;
       Document doc;
       doc.text = std::move(*text);
       doc.origin = path.string();
