@@ -3,6 +3,8 @@
 
 #include "temper/batch.hpp"
 #include "temper/config.hpp"
+#include "temper/data_mixer.hpp"
+#include "temper/data_options.hpp"
 #include "temper/export.hpp"
 #include "temper/generation.hpp"
 #include "temper/lora_adapter.hpp"

@@ -114,7 +114,7 @@ struct TrainerOptions {
 struct TrainResult {
   int64_t steps = 0;
   int64_t skipped_steps = 0;
-  std::string stop_reason;  // "max_steps", "early_stopping", "requested"
+  std::string stop_reason;  // "max_steps", "early_stopping", "requested", "data_exhausted"
   std::vector<EvalMetrics> evaluations;
 };
 

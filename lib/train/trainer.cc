@@ -339,7 +339,13 @@ StatusOr<TrainResult> Trainer::train() {
       result.stop_reason = "requested";
       break;
     }
-    TEMPER_RETURN_IF_ERROR(s.step_once().status());
+    const absl::Status stepped = s.step_once().status();
+    if (absl::IsOutOfRange(stepped)) {  // a finite data stream ended (DataMixer exhaustion policies)
+      result.stop_reason = "data_exhausted";
+      s.log(str_cat("data exhausted at step ", s.step, ": ", std::string(stepped.message())));
+      break;
+    }
+    TEMPER_RETURN_IF_ERROR(stepped);
     evaluated_last = false;
     if (evaluating && o.eval_every > 0 && s.step % o.eval_every == 0) {
       TEMPER_ASSIGN_OR_RETURN(EvalMetrics eval, s.evaluate_all());
