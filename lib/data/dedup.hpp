@@ -4,8 +4,8 @@
 // copies are reported; the knobs and their defaults are explained in docs/data.md
 // ("Deduplication").
 //
-// Memory grows with the unique documents seen: 16 bytes (exact) plus num_permutations * 4 bytes
-// (signature) plus about bands * 16 bytes (LSH table) each; about 0.8 KB at the defaults.
+// Memory grows with the unique documents seen: 16-32 bytes (exact hash), num_permutations * 4
+// bytes (signature) and bands * 16-32 bytes (LSH table) each: 0.8-1 KB at the defaults.
 #pragma once
 
 #include <cstddef>
@@ -31,6 +31,12 @@ class Deduplicator {
   // INVALID_ARGUMENT naming the option when shingle_words, num_permutations or bands is below 1,
   // bands does not divide num_permutations, or threshold is outside (0, 1].
   static absl::StatusOr<Deduplicator> create(const DedupOptions& options);
+
+  // Move-only: the index can hold gigabytes.
+  Deduplicator(Deduplicator&&) = default;
+  Deduplicator& operator=(Deduplicator&&) = default;
+  Deduplicator(const Deduplicator&) = delete;
+  Deduplicator& operator=(const Deduplicator&) = delete;
 
   // Judges `text` against every document inserted so far and inserts it when it is unique.
   // Exact duplicates are looked for first. A document with fewer words than one shingle is only
