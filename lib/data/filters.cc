@@ -34,7 +34,8 @@ FilterVerdict reject(const char* filter, std::string reason) {
   return FilterVerdict{false, filter, std::move(reason)};
 }
 
-std::string percent(double fraction) { return str_cat(std::lround(fraction * 100.0), "%"); }
+// Three significant digits, so that a value just over its limit does not print as the limit.
+std::string percent(double fraction) { return fmt::format("{:.3g}%", fraction * 100.0); }
 
 // A code point as a reader can see it: quoted when printable, U+XXXX otherwise.
 std::string describe_char(int32_t cp) {
