@@ -73,15 +73,17 @@ struct RenderedExample {
 // covers (each assistant content and its end-of-turn marker) and the parts it does not are
 // tokenized separately and concatenated, so the mask is exact token by token. The price is that
 // tokens never merge across a prompt/response boundary, so the ids may differ there from
-// tokenizing the whole string (Hugging Face's own assistant masks have the same property).
+// tokenizing the whole string. Hugging Face's masking meets the same boundary (a token of the
+// whole string may straddle it), and inference tokenizes the prompt before generating too.
 //
 // Markers (<|im_start|>, <|eot_id|>, ...) become their single special-token ids where the
 // tokenizer has them as pieces; otherwise (e.g. the bundled tokenizer) they are tokenized as
 // ordinary text, which a model can still learn but costs several tokens each. BOS and EOS are the
 // tokenizer's; EOS is required by the templates that end a turn with it (Llama-2, Alpaca, plain).
 // `add_bos` starts the example with the beginning-of-sequence token: the tokenizer's BOS
-// (<|begin_of_text|> for Llama-3); the Llama-2 and Llama-3 templates write it themselves, so
-// pass true to match them. Later Llama-2 turns always open with BOS, as in its template.
+// (<|begin_of_text|> for Llama-3); the Llama-2, Llama-3 and Alpaca templates write it
+// themselves, so pass true to match them. Later Llama-2 turns always open with BOS, as in its
+// template.
 //
 // Text right after BOS (or opening the example) is tokenized as the start of a sequence
 // (sentencepiece adds its dummy-prefix space, as Meta's Llama-2 encoder does for each turn);
