@@ -70,7 +70,8 @@ struct SourceReport {
   int64_t malformed = 0;
   std::vector<std::string> malformed_examples;
   std::map<std::string, FilterCount> dropped;  // by filter: utf8, length, repetition, non_word, boilerplate,
-                                               // exact_duplicate, near_duplicate, too_long (SFT)
+                                               // exact_duplicate, near_duplicate; SFT: not_a_conversation,
+                                               // unrenderable (the template refuses the turns), too_long
   int64_t documents_kept = 0;
   int64_t tokens_kept = 0;        // tokens that went into the mix
   int64_t truncated = 0;          // SFT examples cut at seq_len

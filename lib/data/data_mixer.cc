@@ -225,8 +225,13 @@ StatusOr<std::optional<DataMixer::Impl::Drawn>> DataMixer::Impl::draw(size_t i) 
         count_drop(r, "not_a_conversation", *doc, text.size(), "SFT needs instruction or chat records");
         continue;
       }
-      TEMPER_ASSIGN_OR_RETURN(RenderedExample rendered,
-                              render_chat(chat_template, doc->messages, *tokenizer, options.add_bos));
+      absl::StatusOr<RenderedExample> rendering = render_chat(chat_template, doc->messages, *tokenizer, options.add_bos);
+      if (absl::IsInvalidArgument(rendering.status())) {  // e.g. roles the template cannot alternate
+        count_drop(r, "unrenderable", *doc, text.size(), std::string(rendering.status().message()));
+        continue;
+      }
+      if (!rendering.ok()) return rendering.status();
+      RenderedExample rendered = std::move(*rendering);
       if (static_cast<int64_t>(rendered.ids.size()) > options.seq_len) {
         rendered.ids.resize(options.seq_len);
         rendered.is_target.resize(options.seq_len);

@@ -360,3 +360,30 @@ TEST_CASE("the Trainer consumes the mixer and stops when finite data ends", "[un
   CHECK(result->stop_reason == "data_exhausted");
   CHECK(result->steps > 10);
 }
+
+TEST_CASE("SFT records a template cannot render are dropped and counted, not fatal", "[unit]") {
+  TempDir dir;
+  {
+    std::ofstream out(dir / "chat.jsonl");
+    out << R"({"messages": [{"role": "user", "content": "Hello there, doctor."}, {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "Yes, I am listening to you."}]})" << "\n";
+    for (int i = 0; i < 3; ++i) {
+      out << R"({"messages": [{"role": "user", "content": "Question )" << i
+          << R"( about the heart?"}, {"role": "assistant", "content": "The heart pumps blood."}]})" << "\n";
+    }
+  }
+  SourceSpec spec;
+  spec.name = "chat";
+  spec.format = SourceFormat::kJsonlChat;
+  spec.paths = {dir / "chat.jsonl"};
+  MixerOptions options;
+  options.sources = {spec};
+  options.objective = Objective::kSft;
+  options.chat_template = "llama2";  // needs alternating user/assistant turns
+  options.batch_size = 2;
+  options.seq_len = 64;
+  options.dedup.near = false;
+  auto mixer = DataMixer::create(options, tokenizer());
+  REQUIRE_OK(mixer);
+  REQUIRE_OK((*mixer)->next());
+  CHECK((*mixer)->report().sources[0].dropped.at("unrenderable").documents == 1);
+}
