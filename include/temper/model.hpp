@@ -14,6 +14,7 @@
 
 #include "temper/api.hpp"
 #include "temper/config.hpp"
+#include "temper/nf4_quantizer.hpp"
 #include "temper/status.hpp"
 
 namespace temper {
@@ -23,6 +24,11 @@ struct ModelOptions {
   // bf16); bf16 on GPUs.
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
+  // QLoRA: hold the decoder blocks' linear weights in NF4 (bitsandbytes' layout,
+  // include/temper/nf4_quantizer.hpp); embeddings, norms and lm_head stay in `dtype`. Each
+  // quantized layer dequantizes inside its forward and backward; only adapters can train it.
+  bool quantize_nf4 = false;
+  Nf4Options nf4;
 };
 
 struct ForwardInput {

@@ -88,10 +88,11 @@ Status export_merged_model(const Model& model, const LoraAdapter* adapter, const
   // the weights plus one fp32 temporary.
   TEMPER_ASSIGN_OR_RETURN(NamedTensors tensors, guarded("export: preparing the weights", [&]() -> StatusOr<NamedTensors> {
                             NamedTensors out;
-                            for (auto& [name, tensor] : model.named_parameters()) {
-                              const at::Tensor folded = lora != nullptr ? lora->folded(name, tensor) : tensor;
-                              out.emplace_back(name, folded.detach().to(at::kCPU, dtype).contiguous());
-                            }
+                            const_cast<Model&>(model).impl().for_each_dense_parameter(
+                                [&](const ParamSpec& spec, const at::Tensor& tensor) {
+                                  const at::Tensor folded = lora != nullptr ? lora->folded(spec.name, tensor) : tensor;
+                                  out.emplace_back(spec.name, folded.detach().to(at::kCPU, dtype).contiguous());
+                                });
                             return out;
                           }));
 

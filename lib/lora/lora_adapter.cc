@@ -59,12 +59,14 @@ std::shared_ptr<LoraModule> init_module(const ModulePlan& plan, const LoraOption
     const double bound = 1.0 / std::sqrt(static_cast<double>(plan.module.in_features));
     a.uniform_(-bound, bound, gen);
   }
-  const at::Device device = base.weight.device();
+  const at::Device device = base.device();
   m->a = a.to(device, options.dtype).requires_grad_(true);
   m->b = at::zeros({plan.module.out_features, plan.rank}, fp32.device(device).dtype(options.dtype)).requires_grad_(true);
   if (options.use_dora) {
     at::NoGradGuard no_grad;
-    m->magnitude = dora_weight_norm(*m, base.weight).to(options.dtype).requires_grad_(true);
+    m->magnitude = dora_weight_norm(*m, base.is_quantized() ? base.dense_weight(at::kFloat) : base.weight)
+                       .to(options.dtype)
+                       .requires_grad_(true);
   }
   return m;
 }
@@ -170,6 +172,13 @@ std::vector<std::pair<std::string, at::Tensor>> LoraAdapter::named_parameters() 
 Status LoraAdapter::merge() {
   if (impl_->removed) return absl::FailedPreconditionError("merge: the adapter was removed from its model");
   if (impl_->merged) return absl::OkStatus();
+  for (const auto& m : impl_->modules) {
+    if (impl_->linear(*m).is_quantized()) {
+      return absl::FailedPreconditionError(str_cat(
+          "merge: ", m->name, " is NF4-quantized; merging in place would need re-quantization. Use merged_weights() or "
+          "export_merged_model(), which fold the adapter into the dequantized weight"));
+    }
+  }
   size_t done = 0;
   absl::Status status = guarded("merging the LoRA adapter", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
@@ -227,8 +236,8 @@ bool LoraAdapter::merged() const { return impl_->merged; }
 StatusOr<std::vector<std::pair<std::string, at::Tensor>>> LoraAdapter::merged_weights() const {
   return guarded("computing merged weights", [&]() -> StatusOr<std::vector<std::pair<std::string, at::Tensor>>> {
     std::vector<std::pair<std::string, at::Tensor>> out;
-    impl_->model->for_each_parameter(
-        [&](const ParamSpec& spec, at::Tensor& tensor) { out.emplace_back(spec.name, impl_->folded(spec.name, tensor)); });
+    impl_->model->for_each_dense_parameter(
+        [&](const ParamSpec& spec, const at::Tensor& tensor) { out.emplace_back(spec.name, impl_->folded(spec.name, tensor)); });
     return out;
   });
 }

@@ -4,6 +4,8 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include "ops/nf4_linear.hpp"
+
 namespace temper {
 namespace {
 
@@ -36,8 +38,10 @@ at::Tensor LoraDelta::forward(const at::Tensor& x, const Linear& base) const {
 
   // DoRA. The ratio m / n is formed in fp32 before the cast: m / n - 1 is small and would lose
   // most of its bits if computed in bf16.
-  const at::Tensor ratio = m.magnitude.to(at::kFloat) / dora_weight_norm(m, base.weight);  // [out] fp32
-  const at::Tensor direct = at::linear(xd, base.weight);                                   // W dropout(x)
+  const at::Tensor norm = dora_weight_norm(m, base.is_quantized() ? base.dense_weight(at::kFloat) : base.weight);
+  const at::Tensor ratio = m.magnitude.to(at::kFloat) / norm;  // [out] fp32
+  // W dropout(x); on an NF4 base through nf4_linear so no dense weight is saved for backward.
+  const at::Tensor direct = base.is_quantized() ? nf4_linear(xd, base.quantized, at::Tensor()) : at::linear(xd, base.weight);
   at::Tensor result;
   if (drop) {
     result = base.base_forward(x);

@@ -12,6 +12,7 @@
 #include "model/loss.hpp"
 #include "model/model_impl.hpp"
 #include "model/rope.hpp"
+#include "ops/nf4_linear.hpp"
 #include "ops/rms_norm.hpp"
 #include "util/status_macros.hpp"
 #include "util/torch_errors.hpp"
@@ -92,6 +93,17 @@ absl::StatusOr<at::Tensor> checked_ids(const ForwardInput& input, const ModelCon
 
 }  // namespace
 
+at::Tensor Linear::dense_weight(at::ScalarType dtype) const {
+  if (!is_quantized()) return weight.to(dtype);
+  absl::StatusOr<at::Tensor> dense = Nf4Quantizer::dequantize(*quantized, dtype);
+  TORCH_CHECK(dense.ok(), std::string(dense.status().message()));  // becomes a status in guarded()
+  return *dense;
+}
+
+at::Tensor Linear::base_forward(const at::Tensor& x) const {
+  return is_quantized() ? nf4_linear(x, quantized, bias) : at::linear(x, weight, bias);
+}
+
 Linear& DecoderLayer::linear(LinearSlot slot) {
   switch (slot) {
     case LinearSlot::kQ: return q;
@@ -106,6 +118,40 @@ Linear& DecoderLayer::linear(LinearSlot slot) {
 }
 
 const Linear& DecoderLayer::linear(LinearSlot slot) const { return const_cast<DecoderLayer*>(this)->linear(slot); }
+
+const Linear* Model::Impl::linear_of_weight(const std::string& name) const {
+  const ArchitectureNames& names = architecture_names(config.family);
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    if (name.compare(0, names.layer_prefix(i).size(), names.layer_prefix(i)) != 0) continue;
+    for (LinearSlot slot : kLinearSlots) {
+      if (names.linear_module(i, slot) + ".weight" == name) return &layers[i].linear(slot);
+    }
+  }
+  return nullptr;
+}
+
+void Model::Impl::for_each_dense_parameter(const std::function<void(const ParamSpec&, const at::Tensor&)>& fn) {
+  for_each_parameter([&](const ParamSpec& spec, at::Tensor& slot) {
+    if (slot.defined()) {
+      fn(spec, slot);
+      return;
+    }
+    fn(spec, linear_of_weight(spec.name)->dense_weight(options.dtype));
+  });
+}
+
+absl::Status Model::Impl::quantize_linears(const Nf4Options& nf4) {
+  for (DecoderLayer& layer : layers) {
+    for (LinearSlot slot : kLinearSlots) {
+      Linear& linear = layer.linear(slot);
+      if (linear.is_quantized()) continue;
+      TEMPER_ASSIGN_OR_RETURN(QuantState state, Nf4Quantizer::quantize(linear.weight, nf4));
+      linear.quantized = std::make_shared<const QuantState>(std::move(state));
+      linear.weight = at::Tensor();  // the dense weight is released here
+    }
+  }
+  return absl::OkStatus();
+}
 
 void Model::Impl::for_each_parameter(const std::function<void(const ParamSpec&, at::Tensor&)>& fn) {
   const ArchitectureNames& names = architecture_names(config.family);
@@ -202,6 +248,7 @@ StatusOr<Model> Model::load(const std::filesystem::path& dir, const ModelOptions
     });
   });
   TEMPER_RETURN_IF_ERROR(status);
+  if (options.quantize_nf4) TEMPER_RETURN_IF_ERROR(impl->quantize_linears(options.nf4));
   finish(*impl);
   return Model(std::move(impl));
 }
@@ -224,6 +271,7 @@ StatusOr<Model> Model::random(const ModelConfig& config, const ModelOptions& opt
       }
       slot = value.to(options.device, options.dtype);
     });
+    if (options.quantize_nf4) TEMPER_RETURN_IF_ERROR(impl->quantize_linears(options.nf4));
     finish(*impl);
     return Model(std::move(impl));
   });
@@ -287,7 +335,9 @@ StatusOr<ForwardOutput> Model::forward(const ForwardInput& input, KvCache* cache
 
 std::vector<std::pair<std::string, at::Tensor>> Model::named_parameters() const {
   std::vector<std::pair<std::string, at::Tensor>> out;
-  impl_->for_each_parameter([&](const ParamSpec& spec, at::Tensor& slot) { out.emplace_back(spec.name, slot); });
+  impl_->for_each_parameter([&](const ParamSpec& spec, at::Tensor& slot) {
+    if (slot.defined()) out.emplace_back(spec.name, slot);  // quantized weights are not parameters
+  });
   return out;
 }
 
@@ -300,7 +350,11 @@ StatusOr<at::Tensor> Model::parameter(const std::string& name) const {
 
 int64_t Model::num_parameters() const {
   int64_t total = 0;
-  for (const auto& [name, t] : named_parameters()) total += t.numel();
+  for (const ParamSpec& spec : parameter_specs(impl_->config)) {
+    int64_t n = 1;
+    for (int64_t d : spec.shape) n *= d;
+    total += n;
+  }
   return total;
 }
 

@@ -11,6 +11,7 @@
 #include <ATen/ATen.h>
 
 #include "model/architecture.hpp"
+#include "temper/nf4_quantizer.hpp"
 #include "temper/model.hpp"
 
 namespace temper {
@@ -28,12 +29,17 @@ class LinearDelta {
 };
 
 struct Linear {
-  at::Tensor weight;  // [out, in]
+  at::Tensor weight;  // [out, in]; undefined when the layer is quantized
   at::Tensor bias;    // [out], undefined when the layer has none
-  std::shared_ptr<const LinearDelta> delta;  // null: the plain layer
+  std::shared_ptr<const QuantState> quantized;  // NF4 base weight (QLoRA), instead of `weight`
+  std::shared_ptr<const LinearDelta> delta;     // null: the plain layer
 
+  bool is_quantized() const { return quantized != nullptr; }
+  at::Device device() const { return is_quantized() ? quantized->packed.device() : weight.device(); }
+  // The weight as a dense tensor in `dtype` (for a quantized layer a fresh dequantized copy).
+  at::Tensor dense_weight(at::ScalarType dtype) const;
   // W x + b, without any delta: [..., in] -> [..., out]
-  at::Tensor base_forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+  at::Tensor base_forward(const at::Tensor& x) const;
   at::Tensor forward(const at::Tensor& x) const { return delta ? delta->forward(x, *this) : base_forward(x); }
 };
 
@@ -62,8 +68,16 @@ struct Model::Impl {
   bool gradient_checkpointing = false;
 
   // Calls `fn(spec, tensor slot)` for every parameter in model order (tied lm_head once, as
-  // the embedding).
+  // the embedding). The slot of a quantized linear weight is undefined.
   void for_each_parameter(const std::function<void(const ParamSpec&, at::Tensor&)>& fn);
+  // Every parameter as a dense tensor, in model order: quantized linear weights come
+  // dequantized to the model dtype (a fresh copy per call, so a caller that handles one at a
+  // time never holds more than one).
+  void for_each_dense_parameter(const std::function<void(const ParamSpec&, const at::Tensor&)>& fn);
+  // The Linear whose weight is called `name` ("model.layers.3.mlp.up_proj.weight"), or null.
+  const Linear* linear_of_weight(const std::string& name) const;
+  // Replaces the blocks' linear weights with NF4 states (QLoRA); embeddings, norms and lm_head stay.
+  absl::Status quantize_linears(const Nf4Options& options);
 };
 
 }  // namespace temper

@@ -1,0 +1,132 @@
+// NF4 blockwise quantization and dequantization (bitsandbytes layout).
+//
+// What: quantize: per block of `blocksize` values, absmax = max|x|; each value's code is the
+// number of NF4 decision thresholds strictly below x / absmax (an all-zero block gets code 7,
+// the level 0.0); two codes per byte, the first value in the high nibble. Dequantize: x =
+// level[code] * absmax[block].
+// Why: QLoRA keeps base weights in 4 bits and dequantizes them inside each linear's forward and
+// backward; the dequantized weight must not stay resident, so this runs once per use.
+// Invariants: blocksize is even (a power of two, 32..4096), so a byte never straddles blocks.
+// One thread block owns one quantization block (absmax by a block reduction, then one thread per
+// byte); dequantization is one thread per byte. Reference: nf4_quantize_blocks_reference /
+// nf4_dequantize_blocks_reference in lib/quant/nf4_ops.cc; parity test tests/cuda/nf4_kernel_test.cc.
+// Not yet tuned for bandwidth (vector loads, several bytes per thread): the GPU-performance issue.
+#include "kernels/nf4.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace temper {
+namespace {
+
+// Midpoints between neighbouring NF4 levels (bitsandbytes' decision thresholds), as float.
+__constant__ float kThresholds[15] = {
+    -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,  -0.33967943489551544f,
+    -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+    0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,   0.3893125355243683f,
+    0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f};
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+
+__device__ __forceinline__ uint8_t nf4_code(float normalized) {
+  uint8_t code = 0;
+#pragma unroll
+  for (int k = 0; k < 15; ++k) code += normalized > kThresholds[k] ? 1 : 0;
+  return code;
+}
+
+template <typename T>
+__global__ void nf4_quantize_kernel(uint8_t* __restrict__ packed, float* __restrict__ absmax, const T* __restrict__ w,
+                                    int64_t n, int64_t blocksize) {
+  __shared__ float warp_max[32];
+  __shared__ float block_max;
+  const int64_t block = blockIdx.x;
+  const int64_t begin = block * blocksize;
+  const int64_t end = min(begin + blocksize, n);
+
+  float local = 0.0f;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) local = fmaxf(local, fabsf(to_float(w[i])));
+  for (int offset = 16; offset > 0; offset >>= 1) local = fmaxf(local, __shfl_xor_sync(0xffffffffu, local, offset));
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = local;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = 0.0f;
+    for (int wi = 0; wi < (blockDim.x + 31) / 32; ++wi) m = fmaxf(m, warp_max[wi]);
+    block_max = m;
+    absmax[block] = m;
+  }
+  __syncthreads();
+  const float scale = block_max > 0.0f ? block_max : 1.0f;
+
+  for (int64_t i = begin + 2 * threadIdx.x; i < end; i += 2 * blockDim.x) {
+    const uint8_t hi = nf4_code(to_float(w[i]) / scale);
+    const uint8_t lo = i + 1 < n ? nf4_code(to_float(w[i + 1]) / scale) : uint8_t{0};
+    packed[i / 2] = static_cast<uint8_t>((hi << 4) | lo);
+  }
+}
+
+template <typename T>
+__global__ void nf4_dequantize_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed,
+                                      const float* __restrict__ absmax, const float* __restrict__ levels, int64_t n,
+                                      int64_t blocksize) {
+  __shared__ float lut[16];
+  if (threadIdx.x < 16) lut[threadIdx.x] = levels[threadIdx.x];
+  __syncthreads();
+  const int64_t byte = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t first = 2 * byte;
+  if (first >= n) return;
+  const uint8_t b = packed[byte];
+  const float scale = absmax[first / blocksize];
+  out[first] = from_float<T>(lut[b >> 4] * scale);
+  if (first + 1 < n) out[first + 1] = from_float<T>(lut[b & 15] * scale);
+}
+
+bool valid_blocksize(int64_t b) { return b >= 32 && b <= 4096 && (b & (b - 1)) == 0; }
+
+}  // namespace
+
+template <typename T>
+cudaError_t launch_nf4_quantize(uint8_t* packed, float* absmax, const T* w, int64_t n, int64_t blocksize,
+                                cudaStream_t stream) {
+  if (n <= 0 || !valid_blocksize(blocksize)) return cudaErrorInvalidValue;
+  const int64_t blocks = (n + blocksize - 1) / blocksize;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
+  const int threads = static_cast<int>(blocksize / 2 < 256 ? blocksize / 2 : 256);
+  nf4_quantize_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(packed, absmax, w, n, blocksize);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_nf4_dequantize(T* out, const uint8_t* packed, const float* absmax, const float* levels, int64_t n,
+                                  int64_t blocksize, cudaStream_t stream) {
+  if (n <= 0 || !valid_blocksize(blocksize)) return cudaErrorInvalidValue;
+  constexpr int kThreads = 256;
+  const int64_t bytes = (n + 1) / 2;
+  const int64_t grid = (bytes + kThreads - 1) / kThreads;
+  if (grid > 0x7fffffff) return cudaErrorInvalidValue;
+  nf4_dequantize_kernel<T><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, packed, absmax, levels, n,
+                                                                                   blocksize);
+  return cudaGetLastError();
+}
+
+#define TEMPER_INSTANTIATE_NF4(T)                                                                               \
+  template cudaError_t launch_nf4_quantize<T>(uint8_t*, float*, const T*, int64_t, int64_t, cudaStream_t);     \
+  template cudaError_t launch_nf4_dequantize<T>(T*, const uint8_t*, const float*, const float*, int64_t, int64_t, \
+                                                cudaStream_t);
+
+TEMPER_INSTANTIATE_NF4(float)
+TEMPER_INSTANTIATE_NF4(__nv_bfloat16)
+TEMPER_INSTANTIATE_NF4(__half)
+
+}  // namespace temper

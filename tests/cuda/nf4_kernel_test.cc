@@ -1,0 +1,57 @@
+// The NF4 CUDA kernels (lib/kernels/nf4.cu) against the ATen reference, on random and
+// adversarial data: zeros, constant blocks, values on the thresholds, huge and tiny magnitudes,
+// odd sizes; and the QLoRA linear on CUDA.
+#include "ops/nf4_linear.hpp"
+#include "quant/nf4_codebook.hpp"
+#include "quant/nf4_ops.hpp"
+#include "test_support.hpp"
+
+using namespace temper;
+using namespace temper::testing;
+
+TEST_CASE("NF4 kernels produce the reference's codes, absmax and values", "[cuda]") {
+  SKIP_WITHOUT_CUDA();
+  at::manual_seed(7);
+  std::vector<at::Tensor> cases = {at::randn({4096, 33}), at::zeros({2, 64}), at::full({3, 64}, 0.25),
+                                   at::randn({1, 127}) * 1e30, at::randn({5, 64}) * 1e-30};
+  const auto t = nf4_thresholds();
+  cases.push_back(at::cat({at::ones({1}), at::tensor(std::vector<float>(t.begin(), t.end()))}).repeat({5}));
+  for (const at::Tensor& c : cases) {
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      for (int64_t blocksize : {32, 64, 4096}) {
+        const at::Tensor w = c.to(dtype);
+        if (!at::isfinite(w).all().item<bool>()) continue;  // fp16 cannot hold 1e30
+        INFO(c10::toString(dtype) << " n " << w.numel() << " blocksize " << blocksize);
+        auto [packed_ref, absmax_ref] = nf4_quantize_blocks_reference(w, blocksize);
+        auto [packed, absmax] = nf4_quantize_blocks(w.cuda(), blocksize);
+        CHECK(at::equal(packed.cpu(), packed_ref));
+        CHECK(at::equal(absmax.cpu(), absmax_ref));
+        const at::Tensor levels = at::tensor(std::vector<float>(kNf4Levels.begin(), kNf4Levels.end()));
+        for (at::ScalarType out : {at::kFloat, at::kBFloat16}) {
+          const at::Tensor ref = nf4_dequantize_blocks_reference(packed_ref, absmax_ref, levels, blocksize, w.numel(), out);
+          const at::Tensor got = nf4_dequantize_blocks(packed, absmax, levels.cuda(), blocksize, w.numel(), out);
+          CHECK(at::equal(got.cpu(), ref));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("the NF4 linear on CUDA matches the CPU reference forward and backward", "[cuda]") {
+  SKIP_WITHOUT_CUDA();
+  at::manual_seed(8);
+  const at::Tensor w = at::randn({96, 160});
+  auto cpu_state = Nf4Quantizer::quantize(w);
+  auto gpu_state = Nf4Quantizer::quantize(w.cuda());
+  REQUIRE_OK(cpu_state);
+  REQUIRE_OK(gpu_state);
+  const at::Tensor x = at::randn({4, 160});
+  const at::Tensor xc = x.clone().requires_grad_(true);
+  const at::Tensor xg = x.cuda().requires_grad_(true);
+  const at::Tensor yc = nf4_linear(xc, std::make_shared<const QuantState>(*cpu_state), at::Tensor());
+  const at::Tensor yg = nf4_linear(xg, std::make_shared<const QuantState>(*gpu_state), at::Tensor());
+  CHECK(max_abs_diff(yc, yg) < 1e-3);
+  yc.sum().backward();
+  yg.sum().backward();
+  CHECK(max_abs_diff(xc.grad(), xg.grad()) < 1e-3);
+}
