@@ -5,10 +5,13 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace temper {
+
+class RecordStream;  // temper/record_stream.hpp
 
 enum class SourceFormat {
   kTextLines,         // one document per line
@@ -62,6 +65,15 @@ struct SourceSpec {
   double weight = 1.0;           // target share of *tokens* (normalised over sources)
   SourceFormat format = SourceFormat::kTextLines;
   std::vector<std::filesystem::path> paths;
+  // Documents from the host instead of files (`paths` then empty; at most one of the two below).
+  // One document per record, read as `format` reads one line: text formats take the record as the
+  // text, JSONL formats parse it as one JSON object; kTokenShard is refused. Blank records are
+  // skipped as blank lines are; origins in reports read "<name>#<index>".
+  // `records`: held in memory, shared and never copied again; each reader keeps its own cursor,
+  // so one list may feed several sources and mixers.
+  std::shared_ptr<const std::vector<std::string>> records;
+  // `stream`: implemented by the host (temper/record_stream.hpp); one mixer reads it at a time.
+  std::shared_ptr<RecordStream> stream;
   std::string text_field = "text";  // kJsonlText
   MalformedPolicy on_malformed = MalformedPolicy::kSkip;
   FilterOptions filters;

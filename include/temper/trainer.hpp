@@ -118,6 +118,12 @@ struct TrainResult {
   std::vector<EvalMetrics> evaluations;
 };
 
+// An EvalSet named `name` of up to `max_batches` (>= 1) batches drawn from `source`, which
+// advances: typically a DataMixer over held-out data with ExhaustionPolicy::kStop, so that it
+// ends after one pass (its last partial batch is not drawn). Stops early when the source ends
+// (OUT_OF_RANGE); FAILED_PRECONDITION when it yields no batch at all.
+TEMPER_API StatusOr<EvalSet> collect_eval_set(const std::string& name, BatchSource& source, int64_t max_batches);
+
 class TEMPER_API Trainer {
  public:
   // Full fine-tuning when `adapter` is null (parameters chosen by trainable_patterns), LoRA
@@ -147,6 +153,14 @@ class TEMPER_API Trainer {
   // Thread-safe; train() returns after the current step.
   void request_stop();
   int64_t global_step() const;
+
+  // The metrics of the last step taken by step() or train(); nullopt before the first step (and
+  // right after resume()). Valid inside on_step, which sees the same values.
+  const std::optional<StepMetrics>& last_step_metrics() const;
+  // Every evaluation since creation (or since resume()), oldest first; the last is the one an
+  // on_eval callback is being told about.
+  const std::vector<EvalMetrics>& evaluations() const;
+  const TrainerOptions& options() const;
 
   struct Impl;
 

@@ -74,6 +74,32 @@ Problem read_chat(const json& record, Document* doc) {
   return Problem();
 }
 
+}  // namespace
+
+std::string parse_jsonl_record(std::string_view text, SourceFormat format, const std::string& text_field, Document* doc) {
+  json record;
+  try {
+    record = json::parse(text.begin(), text.end());
+  } catch (const json::exception& e) {
+    // what() opens with "[json.exception.parse_error.101] ", which says nothing to a user.
+    std::string_view what = e.what();
+    const size_t bracket = what.find("] ");
+    if (bracket != std::string_view::npos) what.remove_prefix(bracket + 2);
+    return str_cat("invalid JSON: ", what);
+  }
+  if (!record.is_object()) return str_cat("a record must be a JSON object, not ", record.type_name());
+  switch (format) {
+    case SourceFormat::kJsonlInstruction:
+      return read_instruction(record, doc);
+    case SourceFormat::kJsonlChat:
+      return read_chat(record, doc);
+    default:
+      return read_text(record, text_field, doc);
+  }
+}
+
+namespace {
+
 class JsonlReader final : public LineDocumentReader {
  public:
   JsonlReader(const SourceSpec& spec, const ReaderLimits& limits)
@@ -111,27 +137,7 @@ class JsonlReader final : public LineDocumentReader {
   }
 
  private:
-  Problem parse(std::string_view text, Document* doc) const {
-    json record;
-    try {
-      record = json::parse(text.begin(), text.end());
-    } catch (const json::exception& e) {
-      // what() opens with "[json.exception.parse_error.101] ", which says nothing to a user.
-      std::string_view what = e.what();
-      const size_t bracket = what.find("] ");
-      if (bracket != std::string_view::npos) what.remove_prefix(bracket + 2);
-      return str_cat("invalid JSON: ", what);
-    }
-    if (!record.is_object()) return str_cat("a record must be a JSON object, not ", record.type_name());
-    switch (format_) {
-      case SourceFormat::kJsonlInstruction:
-        return read_instruction(record, doc);
-      case SourceFormat::kJsonlChat:
-        return read_chat(record, doc);
-      default:
-        return read_text(record, text_field_, doc);
-    }
-  }
+  Problem parse(std::string_view text, Document* doc) const { return parse_jsonl_record(text, format_, text_field_, doc); }
 
   SourceFormat format_;
   std::string text_field_;

@@ -40,8 +40,14 @@ absl::StatusOr<ReaderPosition> parse_position(const std::string& text, ReaderPos
 // "path:line", the origin of a document and the prefix of a malformed-record report.
 std::string line_origin(const std::filesystem::path& path, int64_t line);
 
+// Reads one JSONL record of `format` (kJsonlText, kJsonlInstruction, kJsonlChat) into *doc;
+// returns why it is malformed, or an empty string when it is well formed.
+std::string parse_jsonl_record(std::string_view text, SourceFormat format, const std::string& text_field, Document* doc);
+
 std::unique_ptr<DocumentReader> make_text_reader(const SourceSpec& spec, const ReaderLimits& limits);
 std::unique_ptr<DocumentReader> make_jsonl_reader(const SourceSpec& spec, const ReaderLimits& limits);
 absl::StatusOr<std::unique_ptr<DocumentReader>> make_token_shard_reader(const SourceSpec& spec);
+// Records from the host (SourceSpec::records or ::stream).
+std::unique_ptr<DocumentReader> make_record_reader(const SourceSpec& spec, const ReaderLimits& limits);
 
 }  // namespace temper

@@ -51,6 +51,25 @@ absl::Status DocumentReader::malformed(const std::string& where, const std::stri
 }
 
 absl::StatusOr<std::unique_ptr<DocumentReader>> open_reader(const SourceSpec& spec, const ReaderLimits& limits) {
+  if (spec.records || spec.stream) {
+    if (spec.records && spec.stream) {
+      return absl::InvalidArgumentError(str_cat("source \"", spec.name, "\": give records or a stream, not both"));
+    }
+    if (!spec.paths.empty()) {
+      return absl::InvalidArgumentError(str_cat("source \"", spec.name, "\": give paths or records/a stream, not both"));
+    }
+    if (spec.format == SourceFormat::kTokenShard) {
+      return absl::InvalidArgumentError(
+          str_cat("source \"", spec.name, "\": token shards are read from files; records hold text or JSONL"));
+    }
+    if (spec.format == SourceFormat::kJsonlText && spec.text_field.empty()) {
+      return absl::InvalidArgumentError(str_cat("source \"", spec.name, "\": text_field is empty"));
+    }
+    if (limits.max_document_bytes <= 0) {
+      return absl::InvalidArgumentError(str_cat("source \"", spec.name, "\": max_document_bytes must be positive"));
+    }
+    return make_record_reader(spec, limits);
+  }
   if (spec.paths.empty()) {
     return absl::InvalidArgumentError(str_cat("source \"", spec.name, "\": no paths given"));
   }

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <string>
+#include <vector>
 
 #include "io/atomic_file.hpp"
 #include "io/directory.hpp"
@@ -56,9 +57,22 @@ absl::Status write_directory_atomic(const std::filesystem::path& dir,
     return absl::InvalidArgumentError(str_cat("\"", dir.string(), "\" does not name a directory to write"));
   }
   const std::filesystem::path parent = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
+  // Directories created on the way must be made durable too (their entries in their parents),
+  // or the result could vanish with them after a power cut.
+  std::vector<std::filesystem::path> created;
+  for (std::filesystem::path p = parent; !p.empty() && ::access(p.c_str(), F_OK) != 0; p = p.parent_path()) {
+    created.push_back(p);
+    if (!p.has_parent_path() || p.parent_path() == p) break;
+  }
   std::error_code ec;
   std::filesystem::create_directories(parent, ec);
-  if (ec) return absl::InternalError(str_cat("creating ", parent.string(), ": ", ec.message()));
+  // The error code is an errno (system category): an unwritable location is PERMISSION_DENIED,
+  // a full disk RESOURCE_EXHAUSTED, as for every other file operation.
+  if (ec) return os_error(ec.value(), str_cat("creating ", parent.string()));
+  for (const std::filesystem::path& dir_created : created) {
+    TEMPER_RETURN_IF_ERROR(
+        sync_directory(dir_created.has_parent_path() ? dir_created.parent_path() : std::filesystem::path(".")));
+  }
 
   struct stat st {};
   const bool exists = ::lstat(target.c_str(), &st) == 0;

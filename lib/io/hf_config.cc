@@ -16,9 +16,22 @@ absl::Status invalid(std::string_view source, std::string_view message) {
   return absl::InvalidArgumentError(str_cat(source, ": ", message));
 }
 
-absl::StatusOr<int64_t> positive_int(const nlohmann::json& obj, std::string_view field, std::string_view source) {
+// Bounds on sizes, far above any published model, that keep every size computation in int64:
+// a dimension fits 31 bits (token ids are int32; libtorch kernels index with int32 in places), so
+// the product of two dimensions (a weight's element count) fits 62. The layer count is bounded
+// because the loader lists every parameter of every layer before it reads the checkpoint: a
+// config.json claiming 10^12 layers must be an error, not an endless loop.
+constexpr int64_t kMaxDimension = (int64_t{1} << 31) - 1;
+constexpr int64_t kMaxLayers = 1 << 14;
+
+absl::StatusOr<int64_t> positive_int(const nlohmann::json& obj, std::string_view field, std::string_view source,
+                                     int64_t max = kMaxDimension) {
   TEMPER_ASSIGN_OR_RETURN(int64_t value, json_int(obj, field, source));
   if (value <= 0) return invalid(source, str_cat("field \"", field, "\" must be positive, found ", value));
+  if (value > max) {
+    return invalid(source, str_cat("field \"", field, "\" is ", value, ", above temper's limit of ", max,
+                                   " (a corrupt config.json?)"));
+  }
   return value;
 }
 
@@ -122,7 +135,7 @@ StatusOr<ModelConfig> parse_model_config(std::string_view json_text, std::string
   TEMPER_ASSIGN_OR_RETURN(c.vocab_size, positive_int(obj, "vocab_size", source));
   TEMPER_ASSIGN_OR_RETURN(c.hidden_size, positive_int(obj, "hidden_size", source));
   TEMPER_ASSIGN_OR_RETURN(c.intermediate_size, positive_int(obj, "intermediate_size", source));
-  TEMPER_ASSIGN_OR_RETURN(c.num_layers, positive_int(obj, "num_hidden_layers", source));
+  TEMPER_ASSIGN_OR_RETURN(c.num_layers, positive_int(obj, "num_hidden_layers", source, kMaxLayers));
   TEMPER_ASSIGN_OR_RETURN(c.num_attention_heads, positive_int(obj, "num_attention_heads", source));
   TEMPER_ASSIGN_OR_RETURN(std::optional<int64_t> kv_heads, json_optional_int(obj, "num_key_value_heads", source));
   c.num_key_value_heads = kv_heads.value_or(c.num_attention_heads);
@@ -140,11 +153,19 @@ StatusOr<ModelConfig> parse_model_config(std::string_view json_text, std::string
     }
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
-  if (c.head_dim <= 0 || c.head_dim % 2 != 0) {
+  if (c.head_dim <= 0 || c.head_dim % 2 != 0 || c.head_dim > kMaxDimension) {
     return invalid(source, str_cat("head_dim must be positive and even for RoPE, found ", c.head_dim));
+  }
+  // Both factors are below 2^31, so the products cannot overflow.
+  if (c.num_attention_heads * c.head_dim > kMaxDimension) {
+    return invalid(source, str_cat("num_attention_heads x head_dim (", c.num_attention_heads, " x ", c.head_dim,
+                                   ") is above temper's limit of ", kMaxDimension, " (a corrupt config.json?)"));
   }
   TEMPER_ASSIGN_OR_RETURN(std::optional<int64_t> max_pos, json_optional_int(obj, "max_position_embeddings", source));
   c.max_position_embeddings = max_pos.value_or(2048);
+  if (c.max_position_embeddings <= 0) {
+    return invalid(source, str_cat("field \"max_position_embeddings\" must be positive, found ", c.max_position_embeddings));
+  }
   TEMPER_ASSIGN_OR_RETURN(std::optional<double> eps, json_optional_number(obj, "rms_norm_eps", source));
   c.rms_norm_eps = eps.value_or(1e-6);
   if (!(c.rms_norm_eps > 0)) return invalid(source, "rms_norm_eps must be positive");

@@ -14,6 +14,15 @@
 namespace temper {
 
 absl::StatusOr<nlohmann::json> parse_json(std::string_view text, std::string_view source);
+
+// A short rendering of `value` for an error message: scalars and flat arrays or objects of a
+// few scalars as JSON, anything larger as its type and size, at most about 100 characters.
+// Messages must not dump a hostile value whole: nlohmann's dump() recurses once per nesting
+// level (a 1,000,000-deep array overflows the stack) and a 100 MB string would make a 100 MB
+// message.
+std::string json_preview(const nlohmann::json& value);
+// The same for ordered_json (PEFT configs keep their file order).
+std::string json_preview(const nlohmann::ordered_json& value);
 absl::StatusOr<nlohmann::json> read_json_file(const std::filesystem::path& path);
 
 // Field readers for a JSON object `obj` read from `source`. The required forms fail with

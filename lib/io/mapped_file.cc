@@ -38,11 +38,25 @@ absl::StatusOr<std::shared_ptr<MappedFile>> MappedFile::open(const std::filesyst
     }
   }
   ::close(fd);  // the mapping keeps the file alive
-  return std::shared_ptr<MappedFile>(new MappedFile(path, static_cast<uint8_t*>(data), size));
+  return std::shared_ptr<MappedFile>(new MappedFile(path, static_cast<uint8_t*>(data), size, /*mapped=*/true));
+}
+
+std::shared_ptr<MappedFile> MappedFile::from_bytes(std::filesystem::path name, std::string_view bytes) {
+  uint8_t* data = nullptr;
+  if (!bytes.empty()) {
+    data = new uint8_t[bytes.size()];
+    std::memcpy(data, bytes.data(), bytes.size());
+  }
+  return std::shared_ptr<MappedFile>(new MappedFile(std::move(name), data, bytes.size(), /*mapped=*/false));
 }
 
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(data_, size_);
+  if (data_ == nullptr) return;
+  if (mapped_) {
+    ::munmap(data_, size_);
+  } else {
+    delete[] data_;
+  }
 }
 
 }  // namespace temper

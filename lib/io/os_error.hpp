@@ -3,6 +3,7 @@
 // permissions to PERMISSION_DENIED; the rest to the closest Abseil code.
 #pragma once
 
+#include <cerrno>
 #include <cstring>
 #include <string_view>
 
@@ -12,6 +13,11 @@
 namespace temper {
 
 inline absl::Status os_error(int err, std::string_view what) {
+  // Abseil maps EFBIG (a file-size limit such as RLIMIT_FSIZE, or the file system's maximum)
+  // to OUT_OF_RANGE; for a writer it is the same situation as a full disk.
+  if (err == ENOSPC || err == EDQUOT || err == EFBIG) {
+    return absl::ResourceExhaustedError(str_cat(what, ": ", std::strerror(err)));
+  }
   return absl::Status(absl::ErrnoToStatusCode(err), str_cat(what, ": ", std::strerror(err)));
 }
 

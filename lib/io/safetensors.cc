@@ -62,7 +62,7 @@ absl::StatusOr<SafetensorsEntry> parse_entry(const std::filesystem::path& path, 
   bool overflow = false;
   for (const auto& dim : *shape) {
     if (!dim.is_number_unsigned() && !(dim.is_number_integer() && dim.get<int64_t>() >= 0)) {
-      return corrupt(path, str_cat(ctx, ": shape ", shape->dump(), " holds a non-integer or negative dimension"));
+      return corrupt(path, str_cat(ctx, ": shape ", json_preview(*shape), " holds a non-integer or negative dimension"));
     }
     const uint64_t d = dim.get<uint64_t>();
     if (d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) overflow = true;
@@ -71,7 +71,7 @@ absl::StatusOr<SafetensorsEntry> parse_entry(const std::filesystem::path& path, 
     entry.shape.push_back(static_cast<int64_t>(d));
   }
   if (overflow || numel > std::numeric_limits<uint64_t>::max() / *size_of) {
-    return corrupt(path, str_cat(ctx, ": shape ", shape->dump(), " overflows 64-bit sizes"));
+    return corrupt(path, str_cat(ctx, ": shape ", json_preview(*shape), " overflows 64-bit sizes"));
   }
 
   auto offsets = info.find("data_offsets");
@@ -96,6 +96,15 @@ absl::StatusOr<SafetensorsEntry> parse_entry(const std::filesystem::path& path, 
 
 absl::StatusOr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
   TEMPER_ASSIGN_OR_RETURN(std::shared_ptr<MappedFile> file, MappedFile::open(path));
+  return parse(std::move(file));
+}
+
+absl::StatusOr<SafetensorsFile> SafetensorsFile::from_bytes(std::string_view bytes, const std::filesystem::path& name) {
+  return parse(MappedFile::from_bytes(name, bytes));
+}
+
+absl::StatusOr<SafetensorsFile> SafetensorsFile::parse(std::shared_ptr<MappedFile> file) {
+  const std::filesystem::path path = file->path();
   if (file->size() < 8) {
     return corrupt(path, str_cat("file of ", file->size(), " bytes is shorter than the 8-byte header length"));
   }

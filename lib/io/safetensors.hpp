@@ -42,6 +42,9 @@ struct SafetensorsEntry {
 class SafetensorsFile {
  public:
   static absl::StatusOr<SafetensorsFile> open(const std::filesystem::path& path);
+  // The same validation over bytes in memory (copied); `name` stands for the path in messages.
+  // The fuzzers reach the parser through it.
+  static absl::StatusOr<SafetensorsFile> from_bytes(std::string_view bytes, const std::filesystem::path& name);
 
   const std::filesystem::path& path() const;
   // Entries sorted by name.
@@ -56,6 +59,7 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  static absl::StatusOr<SafetensorsFile> parse(std::shared_ptr<MappedFile> file);
 
   std::shared_ptr<MappedFile> file_;
   uint64_t data_start_ = 0;  // 8 + header length

@@ -85,15 +85,52 @@ std::vector<std::string> peft_target_list(const std::vector<LinearModuleRef>& mo
   return {out.begin(), out.end()};
 }
 
+absl::StatusOr<std::regex> compile_peft_regex(const std::string& pattern, const std::string& what) {
+  if (pattern.size() > kMaxPeftRegexBytes) {
+    return absl::InvalidArgumentError(str_cat(what, " is ", pattern.size(), " bytes long; temper compiles regular "
+                                              "expressions of at most ", kMaxPeftRegexBytes, " bytes"));
+  }
+  // Group depth, skipping escaped characters and bracket expressions.
+  int depth = 0;
+  int max_depth = 0;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\') {
+      ++i;
+    } else if (in_class) {
+      in_class = c != ']';
+    } else if (c == '[') {
+      in_class = true;
+    } else if (c == '(') {
+      max_depth = std::max(max_depth, ++depth);
+    } else if (c == ')') {
+      --depth;
+    }
+  }
+  if (max_depth > kMaxPeftRegexNesting) {
+    return absl::InvalidArgumentError(str_cat(what, " nests groups ", max_depth, " deep; temper allows at most ",
+                                              kMaxPeftRegexNesting));
+  }
+  try {
+    auto flags = std::regex::ECMAScript;
+#ifdef __GLIBCXX__
+    flags |= std::regex_constants::__polynomial;
+#endif
+    return std::regex(pattern, flags);
+  } catch (const std::regex_error& e) {
+    return absl::InvalidArgumentError(str_cat(what, " is not a regular expression temper can use (", e.what(), ")"));
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(str_cat(what, " could not be compiled (", e.what(), ")"));
+  }
+}
+
 absl::StatusOr<PatternKeys> PatternKeys::compile(const std::vector<std::string>& keys, const std::string& field) {
   PatternKeys table;
   for (const std::string& key : keys) {
-    try {
-      table.regexes_.emplace_back("(.*\\.)?(" + key + ")", std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      return absl::InvalidArgumentError(
-          str_cat(field, " key \"", key, "\" is not a valid regular expression (", e.what(), ")"));
-    }
+    absl::StatusOr<std::regex> regex = compile_peft_regex("(.*\\.)?(" + key + ")", str_cat(field, " key \"", key, "\""));
+    if (!regex.ok()) return regex.status();
+    table.regexes_.push_back(std::move(*regex));
     table.keys_.push_back(key);
   }
   return table;

@@ -54,6 +54,17 @@ absl::StatusOr<std::vector<LinearModuleRef>> select_targets(const std::vector<Li
 std::vector<std::string> peft_target_list(const std::vector<LinearModuleRef>& modules,
                                           const std::vector<LinearModuleRef>& targets);
 
+// A regular expression from an adapter config (PEFT's string-form target_modules and
+// exclude_modules, rank_pattern and alpha_pattern keys), compiled with limits that keep a hostile
+// config from hanging or crashing the host: at most kMaxPeftRegexBytes long, groups nested at most
+// kMaxPeftRegexNesting deep (libstdc++'s regex compiler recurses per group), and matched in
+// polynomial time (libstdc++'s breadth-first executor, so "(.*.*)*x" cannot backtrack
+// exponentially; back-references, which need backtracking, are refused). INVALID_ARGUMENT names
+// `what` ("rank_pattern key \"...\"") and the reason.
+inline constexpr size_t kMaxPeftRegexBytes = 4096;
+inline constexpr int kMaxPeftRegexNesting = 32;
+absl::StatusOr<std::regex> compile_peft_regex(const std::string& pattern, const std::string& what);
+
 // rank_pattern / alpha_pattern keys compiled once, in precedence order.
 class PatternKeys {
  public:

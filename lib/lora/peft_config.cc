@@ -45,13 +45,13 @@ absl::Status refuse_unsupported(const nlohmann::json& obj, std::string_view sour
   for (const Feature& f : kFeatures) {
     if (is_set(obj, f.field)) {
       return absl::UnimplementedError(
-          str_cat(source, ": field \"", f.field, "\" is ", obj.at(f.field).dump(), ": ", f.why));
+          str_cat(source, ": field \"", f.field, "\" is ", json_preview(obj.at(f.field)), ": ", f.why));
     }
   }
   auto bias = obj.find("bias");
   if (bias != obj.end() && !bias->is_null() && *bias != "none") {
     return absl::UnimplementedError(
-        str_cat(source, ": field \"bias\" is ", bias->dump(), ": only \"none\" is supported (no trained biases)"));
+        str_cat(source, ": field \"bias\" is ", json_preview(*bias), ": only \"none\" is supported (no trained biases)"));
   }
   return absl::OkStatus();
 }
@@ -85,7 +85,7 @@ absl::Status read_modules(const nlohmann::json& obj, const char* field, std::str
   }
   if (!it->is_array()) return invalid(source, str_cat("field \"", field, "\" must be a list of names or a string"));
   for (const auto& v : *it) {
-    if (!v.is_string()) return invalid(source, str_cat("field \"", field, "\" must hold strings, found ", v.dump()));
+    if (!v.is_string()) return invalid(source, str_cat("field \"", field, "\" must hold strings, found ", json_preview(v)));
     list.push_back(v.get<std::string>());
   }
   return absl::OkStatus();
@@ -102,7 +102,7 @@ absl::Status read_pattern(const nlohmann::ordered_json& obj, const char* field, 
     if (!ok) {
       return invalid(source, str_cat("field \"", field, "\": the value of \"", entry.key(), "\" must be ",
                                      std::is_integral_v<T> ? "an integer" : "a number", ", found ",
-                                     entry.value().dump()));
+                                     json_preview(entry.value())));
     }
     out.emplace_back(entry.key(), entry.value().get<T>());
   }

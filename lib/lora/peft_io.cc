@@ -28,15 +28,16 @@ bool path_exists(const std::filesystem::path& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-// PEFT's string form: one regular expression that must match the whole module name.
-absl::StatusOr<bool> regex_selects(const std::string& pattern, const std::string& name, std::string_view source,
-                                   const char* field) {
-  try {
-    return std::regex_match(name, std::regex(pattern, std::regex::ECMAScript));
-  } catch (const std::regex_error& e) {
-    return absl::InvalidArgumentError(
-        str_cat(source, ": field \"", field, "\" \"", pattern, "\" is not a regular expression temper can use (", e.what(), ")"));
+// PEFT's string form: one regular expression that must match the whole module name; nullopt
+// when the config uses the list form (or, for target_modules, PEFT's keyword "all-linear").
+absl::StatusOr<std::optional<std::regex>> string_form(const std::optional<std::string>& pattern, std::string_view source,
+                                                      const char* field) {
+  if (!pattern || (*pattern == "all-linear" && std::string_view(field) == "target_modules")) {
+    return std::optional<std::regex>();
   }
+  absl::StatusOr<std::regex> regex = compile_peft_regex(*pattern, str_cat(source, ": field \"", field, "\""));
+  if (!regex.ok()) return regex.status();
+  return std::optional<std::regex>(std::move(*regex));
 }
 
 // The modules a PEFT config adapts, in model order (tuners_utils.check_target_module_exists,
@@ -44,22 +45,22 @@ absl::StatusOr<bool> regex_selects(const std::string& pattern, const std::string
 absl::StatusOr<std::vector<LinearModuleRef>> config_targets(const PeftLoraConfig& config,
                                                             const std::vector<LinearModuleRef>& modules,
                                                             std::string_view source) {
+  TEMPER_ASSIGN_OR_RETURN(const std::optional<std::regex> target_regex,
+                          string_form(config.target_regex, source, "target_modules"));
+  TEMPER_ASSIGN_OR_RETURN(const std::optional<std::regex> exclude_regex,
+                          string_form(config.exclude_regex, source, "exclude_modules"));
   std::vector<LinearModuleRef> out;
   for (const LinearModuleRef& m : modules) {
     bool selected = false;
-    if (config.target_regex) {
-      if (*config.target_regex == "all-linear") {
-        selected = true;  // every linear layer but the output head: every block projection
-      } else {
-        TEMPER_ASSIGN_OR_RETURN(selected, regex_selects(*config.target_regex, m.name, source, "target_modules"));
-      }
+    if (target_regex) {
+      selected = std::regex_match(m.name, *target_regex);
+    } else if (config.target_regex) {
+      selected = true;  // "all-linear": every linear layer but the output head, i.e. every block projection
     } else {
       for (const std::string& entry : config.target_modules) selected = selected || peft_name_matches(entry, m.name);
     }
     bool excluded = false;
-    if (config.exclude_regex) {
-      TEMPER_ASSIGN_OR_RETURN(excluded, regex_selects(*config.exclude_regex, m.name, source, "exclude_modules"));
-    }
+    if (exclude_regex) excluded = std::regex_match(m.name, *exclude_regex);
     for (const std::string& entry : config.exclude_modules) excluded = excluded || peft_name_matches(entry, m.name);
     if (selected && !excluded) out.push_back(m);
   }

@@ -97,7 +97,7 @@ absl::Status verify_checkpoint_dir(const std::filesystem::path& dir) {
     const nlohmann::json& entry = *it;
     if (!entry.contains("bytes") || entry["bytes"] != *size) {
       return absl::DataLossError(str_cat(dir.string(), ": ", it.key(), " has ", *size, " bytes, the manifest says ",
-                                         entry.value("bytes", nlohmann::json()).dump()));
+                                         json_preview(entry.value("bytes", nlohmann::json()))));
     }
     TEMPER_ASSIGN_OR_RETURN(std::string sum, file_checksum(path));
     if (!entry.contains("xxh3_64") || entry["xxh3_64"] != sum) {

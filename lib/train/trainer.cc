@@ -16,10 +16,12 @@
 #include "io/json_file.hpp"
 #include "io/read_file.hpp"
 #include "io/safetensors.hpp"
+#include "lora/lora_adapter_impl.hpp"
 #include "model/model_impl.hpp"
 #include "temper/lora_adapter.hpp"
 #include "train/checkpoint_dir.hpp"
 #include "train/optimizer.hpp"
+#include "util/log.hpp"
 #include "util/status_macros.hpp"
 #include "util/strings.hpp"
 #include "util/torch_errors.hpp"
@@ -71,10 +73,16 @@ struct Trainer::Impl {
   int64_t evals_without_improvement = 0;
   bool warned_sft_epochs = false;
   std::vector<EvalMetrics> evaluations;
+  std::optional<StepMetrics> last_step;
   std::atomic<bool> stop_requested{false};
 
-  void log(const std::string& message) const {
-    if (options.on_log) options.on_log(message);
+  // To the run's own receiver when it has one, else to the process-wide sink (temper/log.hpp).
+  void log(LogLevel level, const std::string& message) const {
+    if (options.on_log) {
+      options.on_log(message);
+    } else {
+      log_message(level, message);
+    }
   }
 
   void append_metrics(const nlohmann::json& record) const {
@@ -127,6 +135,10 @@ StatusOr<Trainer> Trainer::create(Model& model, BatchSource& data, const Trainer
       return absl::InvalidArgumentError(str_cat("Trainer: early stopping watches eval set \"",
                                                 options.early_stopping.eval_set, "\", which is not among the eval sets"));
     }
+  }
+  // An adapter of another model would train tensors the model's forward never uses.
+  if (adapter != nullptr && (adapter->impl().model != &model.impl() || adapter->impl().removed)) {
+    return absl::InvalidArgumentError("Trainer: the adapter is not installed on this model (created on another model, or removed)");
   }
   for (const EvalSet& set : options.eval_sets) {
     if (set.name.empty() || set.batches.empty()) {
@@ -198,7 +210,7 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
   }
   if (data->objective() == Objective::kSft && data->epochs_completed() >= 3 && !warned_sft_epochs) {
     warned_sft_epochs = true;
-    log(str_cat("warning: training has entered epoch ", data->epochs_completed() + 1,
+    log(LogLevel::kWarning, str_cat("warning: training has entered epoch ", data->epochs_completed() + 1,
                 " of the SFT data; more than 3 epochs over a small static set tends to overfit and can damage the "
                 "model's general language ability (watch the general eval set, consider early stopping)"));
   }
@@ -257,7 +269,7 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
   if (metrics.skipped) {
     ++skipped;
     ++consecutive_nonfinite;
-    log(str_cat("warning: step ", step, " skipped: non-finite loss or gradient (", consecutive_nonfinite, " in a row)"));
+    log(LogLevel::kWarning, str_cat("warning: step ", step, " skipped: non-finite loss or gradient (", consecutive_nonfinite, " in a row)"));
   } else {
     consecutive_nonfinite = 0;
   }
@@ -267,6 +279,7 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
                   {"grad_norm", metrics.grad_norm}, {"tokens", metrics.tokens},
                   {"tokens_per_second", metrics.tokens_per_second}, {"epoch", metrics.epoch},
                   {"skipped", metrics.skipped}});
+  last_step = metrics;
   if (options.on_step) options.on_step(metrics);
   if (consecutive_nonfinite > options.max_consecutive_nonfinite) {
     return absl::AbortedError(str_cat("Trainer: ", consecutive_nonfinite,
@@ -324,6 +337,12 @@ void Trainer::request_stop() { impl_->stop_requested = true; }
 
 int64_t Trainer::global_step() const { return impl_->step; }
 
+const std::optional<StepMetrics>& Trainer::last_step_metrics() const { return impl_->last_step; }
+
+const std::vector<EvalMetrics>& Trainer::evaluations() const { return impl_->evaluations; }
+
+const TrainerOptions& Trainer::options() const { return impl_->options; }
+
 StatusOr<TrainResult> Trainer::train() {
   Impl& s = *impl_;
   const TrainerOptions& o = s.options;
@@ -342,7 +361,7 @@ StatusOr<TrainResult> Trainer::train() {
     const absl::Status stepped = s.step_once().status();
     if (absl::IsOutOfRange(stepped)) {  // a finite data stream ended (DataMixer exhaustion policies)
       result.stop_reason = "data_exhausted";
-      s.log(str_cat("data exhausted at step ", s.step, ": ", std::string(stepped.message())));
+      s.log(LogLevel::kInfo, str_cat("data exhausted at step ", s.step, ": ", std::string(stepped.message())));
       break;
     }
     TEMPER_RETURN_IF_ERROR(stepped);
@@ -362,7 +381,7 @@ StatusOr<TrainResult> Trainer::train() {
         }
         if (s.evals_without_improvement >= o.early_stopping.patience) {
           result.stop_reason = "early_stopping";
-          s.log(str_cat("early stopping at step ", s.step, ": \"", o.early_stopping.eval_set, "\" did not improve for ",
+          s.log(LogLevel::kInfo, str_cat("early stopping at step ", s.step, ": \"", o.early_stopping.eval_set, "\" did not improve for ",
                         s.evals_without_improvement, " evaluations"));
         }
       }
@@ -459,6 +478,7 @@ Status Trainer::resume(const std::filesystem::path& dir) {
     s.evals_without_improvement = state.value("evals_without_improvement", 0);
     s.warned_sft_epochs = state.value("warned_sft_epochs", false);
     s.evaluations.clear();
+    s.last_step.reset();
     return absl::OkStatus();
   });
 }

@@ -18,16 +18,27 @@ std::string first_lines(std::string_view text, int max_lines) {
   return std::string(text.substr(0, end));
 }
 
+// libtorch's CPU allocator reports a failed allocation as a plain c10::Error (only the CUDA
+// caching allocator throws OutOfMemoryError), with one of these messages (c10/core/impl/alloc_cpu.cpp,
+// 1.13 and 2.x).
+bool is_cpu_allocation_failure(const c10::Error& e) {
+  const std::string& msg = e.msg();
+  return msg.find("DefaultCPUAllocator: can't allocate memory") != std::string::npos ||
+         msg.find("DefaultCPUAllocator: not enough memory") != std::string::npos;
+}
+
 }  // namespace
 
 absl::Status status_from_exception(std::string_view context, const std::exception& e) {
+  const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
   if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr ||
-      dynamic_cast<const std::bad_alloc*>(&e) != nullptr) {
+      dynamic_cast<const std::bad_alloc*>(&e) != nullptr ||
+      (c10_error != nullptr && is_cpu_allocation_failure(*c10_error))) {
     return absl::ResourceExhaustedError(
         str_cat(context, ": out of memory (", first_lines(e.what(), 1),
                      "); try a smaller batch or sequence length"));
   }
-  if (const auto* c10_error = dynamic_cast<const c10::Error*>(&e)) {
+  if (c10_error != nullptr) {
     return absl::InternalError(
         str_cat(context, ": libtorch error: ", first_lines(c10_error->msg(), 3)));
   }

@@ -6,7 +6,9 @@
 #include "list_source.hpp"
 #include "model_support.hpp"
 #include "temper/batch.hpp"
+#include "temper/log.hpp"
 #include "temper/lora_adapter.hpp"
+#include "temper/runtime.hpp"
 #include "temper/trainer.hpp"
 #include "train/checkpoint_dir.hpp"
 
@@ -254,6 +256,43 @@ TEST_CASE("more than 3 epochs of SFT data logs a warning once", "[unit]") {
   CHECK_THAT(logs[0], Catch::Contains("epoch 4") && Catch::Contains("overfit"));
 }
 
+TEST_CASE("last step and evaluations read back; without on_log, warnings reach the log sink", "[unit]") {
+  const ModelConfig config = tiny_config();
+  Model model = tiny_model(config, 87);
+  std::vector<SftExample> examples = {{{5, 6, 7}, {8, 9, 2}}, {{10, 11}, {12, 2}}};
+  SftOptions sft;
+  sft.batch_size = 2;
+  auto data = SftSource::create(examples, sft);
+  TrainerOptions options = base_options();
+  options.max_steps = 5;
+  options.eval_sets.push_back(eval_set("general", config, 97));
+  options.eval_every = 2;
+  std::vector<std::pair<LogLevel, std::string>> logs;
+  set_log_sink([&](LogLevel level, std::string_view line) { logs.emplace_back(level, std::string(line)); });
+  int64_t seen_in_callback = -1;
+  Trainer* self = nullptr;
+  options.on_eval = [&](const EvalMetrics& m) { seen_in_callback = self->evaluations().back().step; };
+  auto trainer = Trainer::create(model, **data, options);
+  self = &*trainer;
+  CHECK_FALSE(trainer->last_step_metrics().has_value());
+  auto step = trainer->step();
+  REQUIRE_OK(step);
+  REQUIRE(trainer->last_step_metrics().has_value());
+  CHECK(trainer->last_step_metrics()->loss == step->loss);
+  REQUIRE_OK(trainer->train());
+  set_log_sink(nullptr);
+  CHECK(trainer->last_step_metrics()->step == 5);
+  // step() came first, so train() has no base evaluation: steps 2 and 4, and the end (5).
+  REQUIRE(trainer->evaluations().size() == 3);
+  CHECK(trainer->evaluations().back().step == 5);
+  CHECK(seen_in_callback == 5);
+  CHECK(trainer->options().eval_sets[0].name == "general");
+  REQUIRE(logs.size() == 1);
+  CHECK(logs[0].first == LogLevel::kWarning);
+  CHECK_THAT(logs[0].second, Catch::Contains("overfit"));
+  CHECK((cuda_device_count() > 0) == has_cuda_device());
+}
+
 TEST_CASE("trainable patterns choose what full fine-tuning updates", "[unit]") {
   const ModelConfig config = tiny_config();
   Model model = tiny_model(config, 89);
@@ -363,6 +402,15 @@ TEST_CASE("LoRA training updates only the adapter and resumes exactly", "[unit]"
   REQUIRE(resumed.size() == 5);
   for (size_t i = 0; i < 5; ++i) CHECK(resumed[i] == full[3 + i]);
   for (size_t i = 0; i < a.size(); ++i) CHECK(at::equal(a[i], b[i]));
+
+  // An adapter installed on another model is refused: its tensors would never see a gradient.
+  Model one = tiny_model(config, 93), other = tiny_model(config, 94);
+  LoraOptions small;
+  small.rank = 2;
+  auto foreign = LoraAdapter::create(other, small);
+  REQUIRE_OK(foreign);
+  auto data = packed_source(config);
+  CHECK(Trainer::create(one, *data, base_options(), &*foreign).status().code() == absl::StatusCode::kInvalidArgument);
 }
 
 TEST_CASE("a checkpoint of another format version is refused with FAILED_PRECONDITION", "[unit]") {
