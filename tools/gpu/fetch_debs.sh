@@ -6,4 +6,5 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 mkdir -p "$root/.deps/debs"
 cd "$root/.deps/debs"
 apt-get download libfmt-dev libfmt9 libabsl-dev libabsl20220623 libsentencepiece-dev libsentencepiece0 \
-  sentencepiece catch2 nlohmann-json3-dev libutf8proc-dev libutf8proc2 libxxhash-dev libxxhash0
+  sentencepiece catch2 nlohmann-json3-dev libutf8proc-dev libutf8proc2 libxxhash-dev libxxhash0 \
+  libpcre2-dev libpcre2-8-0
