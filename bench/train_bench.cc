@@ -2,7 +2,9 @@
 // ../shared/baselines.md with random weights and random tokens, bf16. Prints one JSON line:
 // median step time over steps 3..N, tokens/s, peak allocated GPU memory, MFU.
 //
-//   train_bench --shape 1b --mode lora --batch 4 --seq 2048 --steps 6 [--ckpt]
+//   train_bench --shape 1b --mode lora|qlora|full --batch 4 --seq 2048 --steps 6 [--ckpt]
+// qlora: the decoder blocks' linear weights in NF4 with double quantization (bitsandbytes'
+// defaults, blocksize 64), LoRA as in lora mode.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -78,15 +80,20 @@ int main(int argc, char** argv) {
   const bool ckpt = flag(argc, argv, "--ckpt");
 
   const temper::ModelConfig config = shape(shape_name);
-  auto model = temper::Model::random(config, {at::kBFloat16, at::kCUDA}, 0);
+  temper::ModelOptions model_options;
+  model_options.dtype = at::kBFloat16;
+  model_options.device = at::kCUDA;
+  model_options.quantize_nf4 = mode == "qlora";
+  auto model = temper::Model::random(config, model_options, 0);
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", std::string(model.status().ToString()).c_str());
     return 1;
   }
   std::optional<temper::LoraAdapter> adapter;
-  if (mode == "lora") {
+  if (mode == "lora" || mode == "qlora") {
     temper::LoraOptions lora;
     lora.rank = 16;
+    lora.alpha = 32.0;  // baselines.md: r=16, alpha=32, dropout 0, all seven projections (temper's default targets)
     auto created = temper::LoraAdapter::create(*model, lora);
     if (!created.ok()) {
       std::fprintf(stderr, "%s\n", std::string(created.status().ToString()).c_str());
@@ -128,7 +135,7 @@ int main(int argc, char** argv) {
   const double tokens_per_s = median > 0 ? static_cast<double>(batch * seq) / median : 0.0;
   const double n = static_cast<double>(model->num_parameters());
   const double attention = 12.0 * config.num_layers * seq * config.hidden_size;
-  const double flops_per_token = (mode == "lora" ? 4.0 : 6.0) * n + attention;
+  const double flops_per_token = (mode == "full" ? 6.0 : 4.0) * n + attention;
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   std::printf("{\"bench\":\"train_step\",\"impl\":\"temper\",\"device\":\"%s\",\"shape\":\"%s\",\"mode\":\"%s\","

@@ -10,7 +10,9 @@
 // One thread block owns one quantization block (absmax by a block reduction, then one thread per
 // byte); dequantization is one thread per byte. Reference: nf4_quantize_blocks_reference /
 // nf4_dequantize_blocks_reference in lib/quant/nf4_ops.cc; parity test tests/cuda/nf4_kernel_test.cc.
-// Not yet tuned for bandwidth (vector loads, several bytes per thread): the GPU-performance issue.
+// Dequantization takes 16 values per thread (8-byte loads, 16-byte stores) when n % 16 == 0 and
+// the pointers are aligned, else one byte per thread; with double quantization the absmax decode
+// is fused into the same kernel (no fp32 absmax array is materialised).
 #include "kernels/nf4.cuh"
 
 #include <cuda_bf16.h>
@@ -76,10 +78,29 @@ __global__ void nf4_quantize_kernel(uint8_t* __restrict__ packed, float* __restr
   }
 }
 
-template <typename T>
-__global__ void nf4_dequantize_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed,
-                                      const float* __restrict__ absmax, const float* __restrict__ levels, int64_t n,
-                                      int64_t blocksize) {
+// Where a block's absmax comes from: stored in fp32, or double-quantized (8-bit code into the
+// signed dynamic map, times the nested block's scale, plus the offset). The nested form rounds
+// each operation as the ATen reference does (no fused multiply-add), so results are bit-equal.
+struct PlainAbsmax {
+  const float* absmax;
+  __device__ __forceinline__ float operator()(int64_t block) const { return absmax[block]; }
+};
+
+struct NestedAbsmax {
+  const uint8_t* codes;
+  const float* map;  // [256]
+  const float* nested_absmax;
+  float offset;
+  int nested_shift;  // log2(nested_blocksize)
+  __device__ __forceinline__ float operator()(int64_t block) const {
+    return __fadd_rn(__fmul_rn(__ldg(map + codes[block]), nested_absmax[block >> nested_shift]), offset);
+  }
+};
+
+// One thread per byte: any n, any alignment.
+template <typename T, typename Absmax>
+__global__ void nf4_dequantize_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed, Absmax absmax,
+                                      const float* __restrict__ levels, int64_t n, int64_t blocksize) {
   __shared__ float lut[16];
   if (threadIdx.x < 16) lut[threadIdx.x] = levels[threadIdx.x];
   __syncthreads();
@@ -87,9 +108,66 @@ __global__ void nf4_dequantize_kernel(T* __restrict__ out, const uint8_t* __rest
   const int64_t first = 2 * byte;
   if (first >= n) return;
   const uint8_t b = packed[byte];
-  const float scale = absmax[first / blocksize];
+  const float scale = absmax(first / blocksize);
   out[first] = from_float<T>(lut[b >> 4] * scale);
   if (first + 1 < n) out[first + 1] = from_float<T>(lut[b & 15] * scale);
+}
+
+// Sixteen values per thread: one 8-byte load of codes and 16-byte stores, for n % 16 == 0 with
+// 16-byte aligned output and 8-byte aligned codes (what ATen's allocations give). 16 divides every
+// supported blocksize, so a thread's values share one absmax. This is the bandwidth path
+// (docs/performance.md): the scalar kernel's 2- and 4-byte stores leave HBM underused.
+template <typename T, typename Absmax>
+__global__ void nf4_dequantize16_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed, Absmax absmax,
+                                        const float* __restrict__ levels, int64_t groups, int blocksize_shift) {
+  __shared__ float lut[16];
+  if (threadIdx.x < 16) lut[threadIdx.x] = levels[threadIdx.x];
+  __syncthreads();
+  const int64_t group = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (group >= groups) return;
+  const uint2 codes = __ldg(reinterpret_cast<const uint2*>(packed) + group);
+  const float scale = absmax((group * 16) >> blocksize_shift);
+  alignas(16) T values[16];
+  const uint32_t words[2] = {codes.x, codes.y};
+#pragma unroll
+  for (int w = 0; w < 2; ++w) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint32_t byte = (words[w] >> (8 * k)) & 0xffu;  // little endian: byte k of the word
+      values[8 * w + 2 * k] = from_float<T>(lut[byte >> 4] * scale);
+      values[8 * w + 2 * k + 1] = from_float<T>(lut[byte & 15] * scale);
+    }
+  }
+  constexpr int kVectors = static_cast<int>(sizeof(T));  // 16 values x sizeof(T) bytes / 16 bytes
+  uint4* dst = reinterpret_cast<uint4*>(out) + group * kVectors;
+  const uint4* src = reinterpret_cast<const uint4*>(values);
+#pragma unroll
+  for (int v = 0; v < kVectors; ++v) dst[v] = src[v];
+}
+
+int log2_exact(int64_t v) {
+  int shift = 0;
+  while ((int64_t{1} << shift) < v) ++shift;
+  return shift;
+}
+
+template <typename T, typename Absmax>
+cudaError_t launch_dequantize(T* out, const uint8_t* packed, Absmax absmax, const float* levels, int64_t n,
+                              int64_t blocksize, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const bool vector = n % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
+                      reinterpret_cast<uintptr_t>(packed) % 8 == 0;
+  const int64_t work = vector ? n / 16 : (n + 1) / 2;
+  const int64_t grid = (work + kThreads - 1) / kThreads;
+  if (grid > 0x7fffffff) return cudaErrorInvalidValue;
+  if (vector) {
+    nf4_dequantize16_kernel<T, Absmax><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(
+        out, packed, absmax, levels, work, log2_exact(blocksize));
+  } else {
+    nf4_dequantize_kernel<T, Absmax><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, packed, absmax, levels,
+                                                                                            n, blocksize);
+  }
+  return cudaGetLastError();
 }
 
 bool valid_blocksize(int64_t b) { return b >= 32 && b <= 4096 && (b & (b - 1)) == 0; }
@@ -111,19 +189,28 @@ template <typename T>
 cudaError_t launch_nf4_dequantize(T* out, const uint8_t* packed, const float* absmax, const float* levels, int64_t n,
                                   int64_t blocksize, cudaStream_t stream) {
   if (n <= 0 || !valid_blocksize(blocksize)) return cudaErrorInvalidValue;
-  constexpr int kThreads = 256;
-  const int64_t bytes = (n + 1) / 2;
-  const int64_t grid = (bytes + kThreads - 1) / kThreads;
-  if (grid > 0x7fffffff) return cudaErrorInvalidValue;
-  nf4_dequantize_kernel<T><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, packed, absmax, levels, n,
-                                                                                   blocksize);
-  return cudaGetLastError();
+  return launch_dequantize(out, packed, PlainAbsmax{absmax}, levels, n, blocksize, stream);
+}
+
+template <typename T>
+cudaError_t launch_nf4_dequantize_nested(T* out, const uint8_t* packed, const uint8_t* absmax_codes,
+                                         const float* nested_map, const float* nested_absmax, float offset,
+                                         const float* levels, int64_t n, int64_t blocksize, int64_t nested_blocksize,
+                                         cudaStream_t stream) {
+  if (n <= 0 || !valid_blocksize(blocksize) || nested_blocksize <= 0 ||
+      (nested_blocksize & (nested_blocksize - 1)) != 0) {
+    return cudaErrorInvalidValue;
+  }
+  const NestedAbsmax absmax{absmax_codes, nested_map, nested_absmax, offset, log2_exact(nested_blocksize)};
+  return launch_dequantize(out, packed, absmax, levels, n, blocksize, stream);
 }
 
 #define TEMPER_INSTANTIATE_NF4(T)                                                                               \
   template cudaError_t launch_nf4_quantize<T>(uint8_t*, float*, const T*, int64_t, int64_t, cudaStream_t);     \
   template cudaError_t launch_nf4_dequantize<T>(T*, const uint8_t*, const float*, const float*, int64_t, int64_t, \
-                                                cudaStream_t);
+                                                cudaStream_t);                                                  \
+  template cudaError_t launch_nf4_dequantize_nested<T>(T*, const uint8_t*, const uint8_t*, const float*, const float*, \
+                                                       float, const float*, int64_t, int64_t, int64_t, cudaStream_t);
 
 TEMPER_INSTANTIATE_NF4(float)
 TEMPER_INSTANTIATE_NF4(__nv_bfloat16)

@@ -18,4 +18,15 @@ template <typename T>
 cudaError_t launch_nf4_dequantize(T* out, const uint8_t* packed, const float* absmax, const float* levels, int64_t n,
                                   int64_t blocksize, cudaStream_t stream);
 
+// As launch_nf4_dequantize, with the absmax values double-quantized (bitsandbytes'
+// compress_statistics): absmax[b] = nested_map[absmax_codes[b]] * nested_absmax[b / nested_blocksize]
+// + offset, in fp32 with each operation rounded separately (as the ATen reference).
+// absmax_codes [ceil(n/blocksize)] uint8, nested_map [256] fp32, nested_absmax
+// [ceil(blocks/nested_blocksize)] fp32; nested_blocksize a power of two.
+template <typename T>
+cudaError_t launch_nf4_dequantize_nested(T* out, const uint8_t* packed, const uint8_t* absmax_codes,
+                                         const float* nested_map, const float* nested_absmax, float offset,
+                                         const float* levels, int64_t n, int64_t blocksize, int64_t nested_blocksize,
+                                         cudaStream_t stream);
+
 }  // namespace temper

@@ -131,13 +131,13 @@ StatusOr<at::Tensor> Nf4Quantizer::dequantize(const QuantState& state, std::opti
   if (!dtype_name(out)) return absl::InvalidArgumentError("Nf4Quantizer::dequantize: dtype must be fp32, bf16 or fp16");
   return guarded("Nf4Quantizer::dequantize", [&]() -> StatusOr<at::Tensor> {
     at::NoGradGuard no_grad;
-    at::Tensor absmax = state.absmax;
     if (state.double_quant()) {
-      absmax = dequantize_blockwise_8bit(state.absmax, state.nested_absmax, state.nested_quant_map,
-                                         state.nested_blocksize) +
-               static_cast<float>(state.nested_offset);
+      return nf4_dequantize_nested_blocks(state.packed, state.absmax, state.nested_absmax, state.nested_quant_map,
+                                          static_cast<float>(state.nested_offset), state.quant_map, state.blocksize,
+                                          state.nested_blocksize, state.numel(), out)
+          .view(state.shape);
     }
-    return nf4_dequantize_blocks(state.packed, absmax, state.quant_map, state.blocksize, state.numel(), out)
+    return nf4_dequantize_blocks(state.packed, state.absmax, state.quant_map, state.blocksize, state.numel(), out)
         .view(state.shape);
   });
 }

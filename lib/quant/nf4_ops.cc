@@ -115,6 +115,34 @@ at::Tensor nf4_dequantize_blocks(const at::Tensor& packed, const at::Tensor& abs
   return nf4_dequantize_blocks_reference(packed, absmax, levels, blocksize, n, dtype);
 }
 
+at::Tensor nf4_dequantize_nested_blocks(const at::Tensor& packed, const at::Tensor& absmax_codes,
+                                        const at::Tensor& nested_absmax, const at::Tensor& nested_map, float offset,
+                                        const at::Tensor& levels, int64_t blocksize, int64_t nested_blocksize,
+                                        int64_t n, at::ScalarType dtype) {
+#ifdef TEMPER_WITH_CUDA
+  if (packed.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(packed.device());
+    const at::Tensor p = packed.contiguous();
+    const at::Tensor codes = absmax_codes.contiguous();
+    const at::Tensor scales = nested_absmax.to(at::kFloat).contiguous();
+    const at::Tensor map = nested_map.to(at::kFloat).contiguous();
+    const at::Tensor l = levels.to(at::kFloat).contiguous();
+    at::Tensor out = at::empty({n}, p.options().dtype(dtype));
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    dispatch_float(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      check_cuda(launch_nf4_dequantize_nested(reinterpret_cast<T*>(out.data_ptr()), p.data_ptr<uint8_t>(),
+                                              codes.data_ptr<uint8_t>(), map.data_ptr<float>(), scales.data_ptr<float>(),
+                                              offset, l.data_ptr<float>(), n, blocksize, nested_blocksize, stream),
+                 "nf4 nested dequantize kernel");
+    });
+    return out;
+  }
+#endif
+  const at::Tensor absmax = dequantize_blockwise_8bit(absmax_codes, nested_absmax, nested_map, nested_blocksize) + offset;
+  return nf4_dequantize_blocks(packed, absmax, levels, blocksize, n, dtype);
+}
+
 std::pair<at::Tensor, at::Tensor> quantize_blockwise_8bit(const at::Tensor& values, const at::Tensor& map,
                                                           int64_t blocksize) {
   at::NoGradGuard no_grad;
