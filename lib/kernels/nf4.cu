@@ -18,15 +18,22 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "quant/nf4_codebook.hpp"
+
 namespace temper {
 namespace {
 
-// Midpoints between neighbouring NF4 levels (bitsandbytes' decision thresholds), as float.
-__constant__ float kThresholds[15] = {
-    -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,  -0.33967943489551544f,
-    -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
-    0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,   0.3893125355243683f,
-    0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f};
+// bitsandbytes' decision thresholds (quant/nf4_codebook.hpp, the one table CPU and GPU share),
+// passed by value so that the kernel compares against exactly the host's floats.
+struct Nf4Thresholds {
+  float v[15];
+};
+
+Nf4Thresholds host_thresholds() {
+  Nf4Thresholds t{};
+  for (int k = 0; k < 15; ++k) t.v[k] = kNf4Thresholds[k];
+  return t;
+}
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -41,16 +48,16 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
 
-__device__ __forceinline__ uint8_t nf4_code(float normalized) {
+__device__ __forceinline__ uint8_t nf4_code(float normalized, const Nf4Thresholds& t) {
   uint8_t code = 0;
 #pragma unroll
-  for (int k = 0; k < 15; ++k) code += normalized > kThresholds[k] ? 1 : 0;
+  for (int k = 0; k < 15; ++k) code += normalized > t.v[k] ? 1 : 0;
   return code;
 }
 
 template <typename T>
 __global__ void nf4_quantize_kernel(uint8_t* __restrict__ packed, float* __restrict__ absmax, const T* __restrict__ w,
-                                    int64_t n, int64_t blocksize) {
+                                    int64_t n, int64_t blocksize, Nf4Thresholds thresholds) {
   __shared__ float warp_max[32];
   __shared__ float block_max;
   const int64_t block = blockIdx.x;
@@ -72,8 +79,8 @@ __global__ void nf4_quantize_kernel(uint8_t* __restrict__ packed, float* __restr
   const float scale = block_max > 0.0f ? block_max : 1.0f;
 
   for (int64_t i = begin + 2 * threadIdx.x; i < end; i += 2 * blockDim.x) {
-    const uint8_t hi = nf4_code(to_float(w[i]) / scale);
-    const uint8_t lo = i + 1 < n ? nf4_code(to_float(w[i + 1]) / scale) : uint8_t{0};
+    const uint8_t hi = nf4_code(to_float(w[i]) / scale, thresholds);
+    const uint8_t lo = i + 1 < n ? nf4_code(to_float(w[i + 1]) / scale, thresholds) : uint8_t{0};
     packed[i / 2] = static_cast<uint8_t>((hi << 4) | lo);
   }
 }
@@ -181,7 +188,8 @@ cudaError_t launch_nf4_quantize(uint8_t* packed, float* absmax, const T* w, int6
   const int64_t blocks = (n + blocksize - 1) / blocksize;
   if (blocks > 0x7fffffff) return cudaErrorInvalidValue;
   const int threads = static_cast<int>(blocksize / 2 < 256 ? blocksize / 2 : 256);
-  nf4_quantize_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(packed, absmax, w, n, blocksize);
+  nf4_quantize_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(packed, absmax, w, n, blocksize,
+                                                                                     host_thresholds());
   return cudaGetLastError();
 }
 

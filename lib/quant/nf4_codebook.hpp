@@ -27,9 +27,18 @@ inline constexpr std::array<float, 16> kNf4Levels = {
     1.0f,
 };
 
-// Decision thresholds: the midpoints between neighbouring levels, computed in double and rounded
-// to float (bitsandbytes' kernel compares against these constants). A value strictly above
-// threshold k is coded k + 1 or higher; a value equal to a threshold takes the lower level.
-std::array<float, 15> nf4_thresholds();
+// Decision thresholds: the midpoints between neighbouring levels as bitsandbytes writes them in
+// its quantize kernels (dQuantizeNF4): decimal literals parsed to float. These are the contract,
+// not (level[k] + level[k+1]) / 2 recomputed: for k = 0, 8, 12, 14 the double midpoint rounded to
+// float lies one ulp away from the literal, so a value exactly on one of those thresholds would
+// get another code than bitsandbytes gives it. A value strictly above threshold k is coded k + 1
+// or higher; a value equal to a threshold takes the lower level.
+inline constexpr std::array<float, 15> kNf4Thresholds = {
+    -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f,  -0.33967943489551544f,
+    -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+    0.1202552504837513f,  0.2035212516784668f,  0.2920137718319893f,   0.3893125355243683f,
+    0.5016634166240692f,  0.6427869200706482f,  0.8614784181118011f};
+
+inline std::array<float, 15> nf4_thresholds() { return kNf4Thresholds; }
 
 }  // namespace temper

@@ -39,6 +39,23 @@ Nf4Options plain(int64_t blocksize = 64) {
 
 }  // namespace
 
+TEST_CASE("NF4 thresholds are bitsandbytes' float literals, within one ulp of the level midpoints", "[unit]") {
+  const auto thresholds = nf4_thresholds();
+  const auto& levels = kNf4Levels;
+  for (int k = 0; k < 15; ++k) {
+    INFO("threshold " << k);
+    const float midpoint = static_cast<float>((static_cast<double>(levels[k]) + levels[k + 1]) / 2.0);
+    CHECK((thresholds[k] == midpoint || std::nextafter(midpoint, 2.0f) == thresholds[k] ||
+           std::nextafter(midpoint, -2.0f) == thresholds[k]));
+  }
+  // Where bitsandbytes' decimal literal (parsed straight to float) is not the rounded double
+  // midpoint; exact values worked out by hand from the literals, as hex floats.
+  CHECK(thresholds[0] == -0x1.b239b2p-1f);   // -0.8480964004993439f
+  CHECK(thresholds[8] == 0x1.ec90c6p-4f);    // 0.1202552504837513f
+  CHECK(thresholds[12] == 0x1.00da06p-1f);   // 0.5016634166240692f
+  CHECK(thresholds[14] == 0x1.b913b2p-1f);   // 0.8614784181118011f
+}
+
 TEST_CASE("NF4 codes follow the midpoint thresholds, ties to the lower level", "[unit]") {
   const auto thresholds = nf4_thresholds();
   // One block of 64 with absmax exactly 1: each threshold, and the next float above it.
