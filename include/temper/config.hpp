@@ -19,6 +19,7 @@ enum class ModelFamily {
   kLlama,    // model_type "llama": RMSNorm, RoPE, GQA, SwiGLU
   kMistral,  // model_type "mistral": llama + optional sliding-window attention
   kQwen2,    // model_type "qwen2": llama + biases on q/k/v
+  kBloom,    // model_type "bloom" (BLOOM, BLOOMZ): LayerNorm, ALiBi, fused per-head qkv, GELU MLP
 };
 
 enum class RopeScalingType {
@@ -51,11 +52,15 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   std::optional<int64_t> sliding_window;  // mistral: a query attends to the last `sliding_window` keys
+  // bloom: LayerNorm epsilon (layer_norm_epsilon), and whether each residual branch adds to the
+  // normalised input rather than the raw one (apply_residual_connection_post_layernorm).
+  double layer_norm_eps = 1e-5;
+  bool apply_residual_connection_post_layernorm = false;
 
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;  // llama attention_bias, always true for qwen2
-  bool o_bias = false;    // llama attention_bias
-  bool mlp_bias = false;  // llama mlp_bias
+  bool qkv_bias = false;  // llama attention_bias, always true for qwen2 and bloom
+  bool o_bias = false;    // llama attention_bias; always true for bloom
+  bool mlp_bias = false;  // llama mlp_bias; always true for bloom
 
   std::string torch_dtype;  // "bfloat16", "float16", "float32" or "" when absent
   std::optional<int64_t> bos_token_id;

@@ -104,6 +104,72 @@ absl::Status parse_rope(const nlohmann::json& obj, std::string_view source, Mode
       str_cat(source, ": rope type \"", kind, "\" is not supported (supported: default, linear, llama3)"));
 }
 
+absl::Status parse_dtype_and_token_ids(const nlohmann::json& obj, std::string_view source, ModelConfig& c) {
+  TEMPER_ASSIGN_OR_RETURN(std::optional<std::string> dtype, json_optional_string(obj, "dtype", source));
+  if (!dtype) {
+    TEMPER_ASSIGN_OR_RETURN(dtype, json_optional_string(obj, "torch_dtype", source));
+  }
+  c.torch_dtype = dtype.value_or("");
+  TEMPER_ASSIGN_OR_RETURN(c.bos_token_id, json_optional_int(obj, "bos_token_id", source));
+  TEMPER_ASSIGN_OR_RETURN(c.pad_token_id, json_optional_int(obj, "pad_token_id", source));
+  TEMPER_ASSIGN_OR_RETURN(c.eos_token_ids, id_list(obj, "eos_token_id", source));
+  return absl::OkStatus();
+}
+
+// A size BLOOM configs spell two ways (BloomConfig's attribute_map and n_embed): the first name
+// present wins; both present with different values is an error.
+absl::StatusOr<int64_t> aliased_positive_int(const nlohmann::json& obj, const char* name, const char* alias,
+                                             std::string_view source, int64_t max = kMaxDimension) {
+  const bool has_name = obj.contains(name) && !obj.at(name).is_null();
+  const bool has_alias = obj.contains(alias) && !obj.at(alias).is_null();
+  if (!has_name && has_alias) return positive_int(obj, alias, source, max);
+  TEMPER_ASSIGN_OR_RETURN(int64_t value, positive_int(obj, name, source, max));
+  if (has_alias) {
+    TEMPER_ASSIGN_OR_RETURN(int64_t other, positive_int(obj, alias, source, max));
+    if (other != value) {
+      return invalid(source, str_cat("fields \"", name, "\" (", value, ") and \"", alias, "\" (", other,
+                                     ") disagree"));
+    }
+  }
+  return value;
+}
+
+// BLOOM (transformers' BloomConfig): no RoPE (ALiBi), MLP width 4 x hidden, every linear layer
+// and LayerNorm with a bias, tied lm_head unless tie_word_embeddings says otherwise.
+// pretraining_tp / slow_but_exact only change how Megatron split the same products; ignored.
+absl::Status parse_bloom(const nlohmann::json& obj, std::string_view source, ModelConfig& c) {
+  TEMPER_ASSIGN_OR_RETURN(c.vocab_size, positive_int(obj, "vocab_size", source));
+  TEMPER_ASSIGN_OR_RETURN(c.hidden_size, aliased_positive_int(obj, "hidden_size", "n_embed", source));
+  TEMPER_ASSIGN_OR_RETURN(c.num_layers, aliased_positive_int(obj, "n_layer", "num_hidden_layers", source, kMaxLayers));
+  TEMPER_ASSIGN_OR_RETURN(c.num_attention_heads, aliased_positive_int(obj, "n_head", "num_attention_heads", source));
+  if (c.hidden_size % c.num_attention_heads != 0) {
+    return invalid(source, str_cat("hidden_size (", c.hidden_size, ") is not divisible by n_head (",
+                                   c.num_attention_heads, ")"));
+  }
+  if (c.hidden_size > kMaxDimension / 4) {
+    return invalid(source, str_cat("hidden_size ", c.hidden_size, " is above temper's limit of ", kMaxDimension / 4,
+                                   " for BLOOM (the MLP is 4 x hidden_size wide)"));
+  }
+  c.num_key_value_heads = c.num_attention_heads;
+  c.head_dim = c.hidden_size / c.num_attention_heads;
+  c.intermediate_size = 4 * c.hidden_size;
+  // ALiBi sets no length limit; seq_length (the training length, in BigScience's configs) only
+  // serves as the default evaluation window.
+  TEMPER_ASSIGN_OR_RETURN(std::optional<int64_t> seq_length, json_optional_int(obj, "seq_length", source));
+  c.max_position_embeddings = seq_length.value_or(2048);
+  if (c.max_position_embeddings <= 0) return invalid(source, "seq_length must be positive");
+  TEMPER_ASSIGN_OR_RETURN(std::optional<double> eps, json_optional_number(obj, "layer_norm_epsilon", source));
+  c.layer_norm_eps = eps.value_or(1e-5);
+  if (!(c.layer_norm_eps > 0)) return invalid(source, "layer_norm_epsilon must be positive");
+  TEMPER_ASSIGN_OR_RETURN(std::optional<bool> post,
+                          json_optional_bool(obj, "apply_residual_connection_post_layernorm", source));
+  c.apply_residual_connection_post_layernorm = post.value_or(false);
+  TEMPER_ASSIGN_OR_RETURN(std::optional<bool> tie, json_optional_bool(obj, "tie_word_embeddings", source));
+  c.tie_word_embeddings = tie.value_or(true);
+  c.qkv_bias = c.o_bias = c.mlp_bias = true;
+  return parse_dtype_and_token_ids(obj, source, c);
+}
+
 }  // namespace
 
 std::string_view model_family_name(ModelFamily family) {
@@ -111,6 +177,7 @@ std::string_view model_family_name(ModelFamily family) {
     case ModelFamily::kLlama: return "llama";
     case ModelFamily::kMistral: return "mistral";
     case ModelFamily::kQwen2: return "qwen2";
+    case ModelFamily::kBloom: return "bloom";
   }
   return "unknown";
 }
@@ -127,9 +194,13 @@ StatusOr<ModelConfig> parse_model_config(std::string_view json_text, std::string
     c.family = ModelFamily::kMistral;
   } else if (c.model_type == "qwen2") {
     c.family = ModelFamily::kQwen2;
+  } else if (c.model_type == "bloom") {
+    c.family = ModelFamily::kBloom;
+    TEMPER_RETURN_IF_ERROR(parse_bloom(obj, source, c));
+    return c;
   } else {
     return absl::UnimplementedError(str_cat(source, ": model_type \"", c.model_type,
-                                                 "\" is not supported (supported: llama, mistral, qwen2)"));
+                                                 "\" is not supported (supported: llama, mistral, qwen2, bloom)"));
   }
 
   TEMPER_ASSIGN_OR_RETURN(c.vocab_size, positive_int(obj, "vocab_size", source));
@@ -198,16 +269,9 @@ StatusOr<ModelConfig> parse_model_config(std::string_view json_text, std::string
       }
       break;
     }
+    case ModelFamily::kBloom: break;  // parsed above
   }
-
-  TEMPER_ASSIGN_OR_RETURN(std::optional<std::string> dtype, json_optional_string(obj, "dtype", source));
-  if (!dtype) {
-    TEMPER_ASSIGN_OR_RETURN(dtype, json_optional_string(obj, "torch_dtype", source));
-  }
-  c.torch_dtype = dtype.value_or("");
-  TEMPER_ASSIGN_OR_RETURN(c.bos_token_id, json_optional_int(obj, "bos_token_id", source));
-  TEMPER_ASSIGN_OR_RETURN(c.pad_token_id, json_optional_int(obj, "pad_token_id", source));
-  TEMPER_ASSIGN_OR_RETURN(c.eos_token_ids, id_list(obj, "eos_token_id", source));
+  TEMPER_RETURN_IF_ERROR(parse_dtype_and_token_ids(obj, source, c));
   return c;
 }
 
@@ -232,13 +296,52 @@ const char* architecture_class(ModelFamily family) {
     case ModelFamily::kLlama: return "LlamaForCausalLM";
     case ModelFamily::kMistral: return "MistralForCausalLM";
     case ModelFamily::kQwen2: return "Qwen2ForCausalLM";
+    case ModelFamily::kBloom: return "BloomForCausalLM";
   }
   return "";
+}
+
+void write_dtype_and_token_ids(const ModelConfig& c, nlohmann::ordered_json& j) {
+  j["bos_token_id"] = c.bos_token_id ? nlohmann::ordered_json(*c.bos_token_id) : nlohmann::ordered_json();
+  if (c.eos_token_ids.size() == 1) {
+    j["eos_token_id"] = c.eos_token_ids[0];
+  } else if (!c.eos_token_ids.empty()) {
+    j["eos_token_id"] = c.eos_token_ids;
+  }
+  if (c.pad_token_id) j["pad_token_id"] = *c.pad_token_id;
+  if (!c.torch_dtype.empty()) j["torch_dtype"] = c.torch_dtype;
+}
+
+StatusOr<std::string> bloom_config_to_json(const ModelConfig& c) {
+  auto inexpressible = [](std::string_view what) {
+    return absl::InvalidArgumentError(str_cat("model_config_to_json: a bloom config.json cannot express ", what));
+  };
+  if (c.num_key_value_heads != c.num_attention_heads) return inexpressible("grouped-query attention");
+  if (c.num_attention_heads <= 0 || c.head_dim * c.num_attention_heads != c.hidden_size) {
+    return inexpressible("a head_dim other than hidden_size / n_head");
+  }
+  if (c.intermediate_size != 4 * c.hidden_size) return inexpressible("an MLP width other than 4 x hidden_size");
+  if (!c.qkv_bias || !c.o_bias || !c.mlp_bias) return inexpressible("linear layers without biases");
+  if (c.sliding_window) return inexpressible("a sliding window");
+  nlohmann::ordered_json j;
+  j["architectures"] = {architecture_class(c.family)};
+  j["model_type"] = "bloom";
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["n_layer"] = c.num_layers;
+  j["n_head"] = c.num_attention_heads;
+  j["layer_norm_epsilon"] = c.layer_norm_eps;
+  j["apply_residual_connection_post_layernorm"] = c.apply_residual_connection_post_layernorm;
+  j["seq_length"] = c.max_position_embeddings;
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  write_dtype_and_token_ids(c, j);
+  return j.dump(2) + "\n";
 }
 
 }  // namespace
 
 StatusOr<std::string> model_config_to_json(const ModelConfig& c) {
+  if (c.family == ModelFamily::kBloom) return bloom_config_to_json(c);
   const std::string_view family = model_family_name(c.family);
   auto inexpressible = [&](std::string_view what) {
     return absl::InvalidArgumentError(str_cat("model_config_to_json: a ", family, " config.json cannot express ", what));
@@ -286,15 +389,9 @@ StatusOr<std::string> model_config_to_json(const ModelConfig& c) {
       if (c.sliding_window) return inexpressible("a sliding window");
       j["use_sliding_window"] = false;
       break;
+    case ModelFamily::kBloom: break;  // bloom_config_to_json
   }
-  j["bos_token_id"] = c.bos_token_id ? nlohmann::ordered_json(*c.bos_token_id) : nlohmann::ordered_json();
-  if (c.eos_token_ids.size() == 1) {
-    j["eos_token_id"] = c.eos_token_ids[0];
-  } else if (!c.eos_token_ids.empty()) {
-    j["eos_token_id"] = c.eos_token_ids;
-  }
-  if (c.pad_token_id) j["pad_token_id"] = *c.pad_token_id;
-  if (!c.torch_dtype.empty()) j["torch_dtype"] = c.torch_dtype;
+  write_dtype_and_token_ids(c, j);
   return j.dump(2) + "\n";
 }
 

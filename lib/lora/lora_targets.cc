@@ -17,13 +17,16 @@ bool ends_with(const std::string& text, const std::string& suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+// The module's own name, the last component of its full name ("q_proj", "query_key_value").
+std::string module_kind(const LinearModuleRef& m) { return m.name.substr(m.name.rfind('.') + 1); }
+
 }  // namespace
 
 std::vector<LinearModuleRef> linear_modules(const ModelConfig& config) {
   const ArchitectureNames& names = architecture_names(config.family);
   std::vector<LinearModuleRef> out;
   for (int64_t layer = 0; layer < config.num_layers; ++layer) {
-    for (LinearSlot slot : kLinearSlots) {
+    for (LinearSlot slot : linear_slots(config.family)) {
       const std::vector<int64_t> shape = linear_shape(config, slot);
       out.push_back({names.linear_module(layer, slot), layer, slot, shape[1], shape[0]});
     }
@@ -52,7 +55,7 @@ absl::StatusOr<std::vector<LinearModuleRef>> select_targets(const std::vector<Li
     }
     if (!any) {
       std::set<std::string> kinds;
-      for (const LinearModuleRef& m : modules) kinds.insert(linear_slot_name(m.slot));
+      for (const LinearModuleRef& m : modules) kinds.insert(module_kind(m));
       return absl::InvalidArgumentError(str_cat(
           "LoRA target \"", entry, "\" matches no linear projection of this model; targets are module names (",
           fmt::format("{}", fmt::join(kinds, ", ")), ", or a suffix of a full name such as \"",
@@ -73,14 +76,14 @@ std::vector<std::string> peft_target_list(const std::vector<LinearModuleRef>& mo
   // Per kind: how many modules exist and how many are targeted.
   std::map<std::string, std::pair<size_t, size_t>> kinds;
   for (const LinearModuleRef& m : modules) {
-    auto& [total, hit] = kinds[linear_slot_name(m.slot)];
+    auto& [total, hit] = kinds[module_kind(m)];
     ++total;
     hit += targeted.count(m.name);
   }
   std::set<std::string> out;
   for (const LinearModuleRef& t : targets) {
-    const auto& [total, hit] = kinds.at(linear_slot_name(t.slot));
-    out.insert(hit == total ? std::string(linear_slot_name(t.slot)) : t.name);
+    const auto& [total, hit] = kinds.at(module_kind(t));
+    out.insert(hit == total ? module_kind(t) : t.name);
   }
   return {out.begin(), out.end()};
 }

@@ -8,7 +8,16 @@
 namespace temper {
 namespace {
 
-const char* linear_path(LinearSlot slot) {
+const char* linear_path(ModelFamily family, LinearSlot slot) {
+  if (family == ModelFamily::kBloom) {
+    switch (slot) {
+      case LinearSlot::kQkv: return "self_attention.query_key_value";
+      case LinearSlot::kO: return "self_attention.dense";
+      case LinearSlot::kUp: return "mlp.dense_h_to_4h";
+      case LinearSlot::kDown: return "mlp.dense_4h_to_h";
+      default: return "";
+    }
+  }
   switch (slot) {
     case LinearSlot::kQ: return "self_attn.q_proj";
     case LinearSlot::kK: return "self_attn.k_proj";
@@ -17,16 +26,22 @@ const char* linear_path(LinearSlot slot) {
     case LinearSlot::kGate: return "mlp.gate_proj";
     case LinearSlot::kUp: return "mlp.up_proj";
     case LinearSlot::kDown: return "mlp.down_proj";
+    case LinearSlot::kQkv: return "";
   }
   return "";
 }
 
 }  // namespace
 
-std::string ArchitectureNames::layer_prefix(int64_t layer) const { return str_cat("model.layers.", layer, "."); }
+LinearSlots linear_slots(ModelFamily family) {
+  if (family == ModelFamily::kBloom) return {std::begin(kBloomLinearSlots), std::end(kBloomLinearSlots)};
+  return {std::begin(kLinearSlots), std::end(kLinearSlots)};
+}
+
+std::string ArchitectureNames::layer_prefix(int64_t layer) const { return str_cat(layers, layer, "."); }
 
 std::string ArchitectureNames::linear_module(int64_t layer, LinearSlot slot) const {
-  return str_cat(layer_prefix(layer), linear_path(slot));
+  return str_cat(layer_prefix(layer), linear_path(family, slot));
 }
 
 std::string ArchitectureNames::attn_norm(int64_t layer) const {
@@ -38,19 +53,39 @@ std::string ArchitectureNames::mlp_norm(int64_t layer) const {
 }
 
 const ArchitectureNames& architecture_names(ModelFamily family) {
-  // llama, mistral and qwen2 share Hugging Face's LlamaForCausalLM naming.
-  static const ArchitectureNames kLlamaNames{"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"};
+  // llama, mistral and qwen2 share Hugging Face's LlamaForCausalLM naming; BLOOM is named as
+  // BloomForCausalLM saves it.
+  static const ArchitectureNames kLlamaNames{ModelFamily::kLlama, "model.embed_tokens.weight", "",
+                                             "model.norm.weight",  "lm_head.weight",            "model.layers."};
+  static const ArchitectureNames kBloomNames{ModelFamily::kBloom,
+                                             "transformer.word_embeddings.weight",
+                                             "transformer.word_embeddings_layernorm.weight",
+                                             "transformer.ln_f.weight",
+                                             "lm_head.weight",
+                                             "transformer.h."};
   switch (family) {
     case ModelFamily::kLlama:
     case ModelFamily::kMistral:
     case ModelFamily::kQwen2:
       return kLlamaNames;
+    case ModelFamily::kBloom:
+      return kBloomNames;
   }
   return kLlamaNames;
 }
 
-const char* linear_slot_name(LinearSlot slot) {
-  const char* path = linear_path(slot);
+bool norms_have_bias(ModelFamily family) { return family == ModelFamily::kBloom; }
+
+std::string norm_bias_name(const std::string& weight_name) {
+  return weight_name.substr(0, weight_name.size() - std::strlen("weight")) + "bias";
+}
+
+const char* optional_checkpoint_prefix(ModelFamily family) {
+  return family == ModelFamily::kBloom ? "transformer." : "";
+}
+
+const char* linear_slot_name(ModelFamily family, LinearSlot slot) {
+  const char* path = linear_path(family, slot);
   const char* dot = std::strchr(path, '.');
   return dot == nullptr ? path : dot + 1;
 }
@@ -62,6 +97,7 @@ std::vector<int64_t> linear_shape(const ModelConfig& c, LinearSlot slot) {
     case LinearSlot::kQ: return {q_dim, c.hidden_size};
     case LinearSlot::kK:
     case LinearSlot::kV: return {kv_dim, c.hidden_size};
+    case LinearSlot::kQkv: return {q_dim + 2 * kv_dim, c.hidden_size};
     case LinearSlot::kO: return {c.hidden_size, q_dim};
     case LinearSlot::kGate:
     case LinearSlot::kUp: return {c.intermediate_size, c.hidden_size};
@@ -74,7 +110,8 @@ bool linear_has_bias(const ModelConfig& c, LinearSlot slot) {
   switch (slot) {
     case LinearSlot::kQ:
     case LinearSlot::kK:
-    case LinearSlot::kV: return c.qkv_bias;
+    case LinearSlot::kV:
+    case LinearSlot::kQkv: return c.qkv_bias;
     case LinearSlot::kO: return c.o_bias;
     case LinearSlot::kGate:
     case LinearSlot::kUp:
@@ -85,19 +122,27 @@ bool linear_has_bias(const ModelConfig& c, LinearSlot slot) {
 
 std::vector<ParamSpec> parameter_specs(const ModelConfig& c) {
   const ArchitectureNames& names = architecture_names(c.family);
+  const bool norm_bias = norms_have_bias(c.family);
   std::vector<ParamSpec> specs;
+  auto add_norm = [&](const std::string& weight) {
+    specs.push_back({weight, {c.hidden_size}, ParamRole::kNorm});
+    if (norm_bias) specs.push_back({norm_bias_name(weight), {c.hidden_size}, ParamRole::kNormBias});
+  };
   specs.push_back({names.embed, {c.vocab_size, c.hidden_size}, ParamRole::kEmbedding});
+  if (!names.embed_norm.empty()) add_norm(names.embed_norm);
   for (int64_t layer = 0; layer < c.num_layers; ++layer) {
-    specs.push_back({names.attn_norm(layer), {c.hidden_size}, ParamRole::kNorm});
-    for (LinearSlot slot : kLinearSlots) {
-      if (slot == LinearSlot::kGate) specs.push_back({names.mlp_norm(layer), {c.hidden_size}, ParamRole::kNorm});
+    add_norm(names.attn_norm(layer));
+    // The MLP's norm comes right before its first projection (gate for llama, dense_h_to_4h for bloom).
+    const LinearSlot first_mlp = c.family == ModelFamily::kBloom ? LinearSlot::kUp : LinearSlot::kGate;
+    for (LinearSlot slot : linear_slots(c.family)) {
+      if (slot == first_mlp) add_norm(names.mlp_norm(layer));
       const std::string module = names.linear_module(layer, slot);
       const std::vector<int64_t> shape = linear_shape(c, slot);
       specs.push_back({module + ".weight", shape, ParamRole::kLinearWeight});
       if (linear_has_bias(c, slot)) specs.push_back({module + ".bias", {shape[0]}, ParamRole::kLinearBias});
     }
   }
-  specs.push_back({names.final_norm, {c.hidden_size}, ParamRole::kNorm});
+  add_norm(names.final_norm);
   if (!c.tie_word_embeddings) specs.push_back({names.lm_head, {c.vocab_size, c.hidden_size}, ParamRole::kLmHead});
   return specs;
 }

@@ -8,6 +8,7 @@
 #include "io/checkpoint.hpp"
 #include "io/read_file.hpp"
 #include "model/activation_checkpoint.hpp"
+#include "model/bloom_block.hpp"
 #include "model/decoder_block.hpp"
 #include "model/loss.hpp"
 #include "model/model_impl.hpp"
@@ -41,7 +42,11 @@ absl::Status check_options(const ModelOptions& options) {
 // Fills the derived state once the parameters are in place.
 void finish(Model::Impl& impl) {
   if (impl.config.tie_word_embeddings) impl.lm_head = impl.embed;
-  impl.inv_freq = rope_inv_freq(impl.config).to(impl.options.device);
+  if (impl.config.family == ModelFamily::kBloom) {
+    impl.alibi_slopes = alibi_slopes(impl.config.num_attention_heads).to(impl.options.device);
+  } else {
+    impl.inv_freq = rope_inv_freq(impl.config).to(impl.options.device);
+  }
 }
 
 // Validates ids/labels/positions and returns input_ids as int64.
@@ -113,6 +118,7 @@ Linear& DecoderLayer::linear(LinearSlot slot) {
     case LinearSlot::kGate: return gate;
     case LinearSlot::kUp: return up;
     case LinearSlot::kDown: return down;
+    case LinearSlot::kQkv: return qkv;
   }
   return q;
 }
@@ -123,7 +129,7 @@ const Linear* Model::Impl::linear_of_weight(const std::string& name) const {
   const ArchitectureNames& names = architecture_names(config.family);
   for (int64_t i = 0; i < config.num_layers; ++i) {
     if (name.compare(0, names.layer_prefix(i).size(), names.layer_prefix(i)) != 0) continue;
-    for (LinearSlot slot : kLinearSlots) {
+    for (LinearSlot slot : linear_slots(config.family)) {
       if (names.linear_module(i, slot) + ".weight" == name) return &layers[i].linear(slot);
     }
   }
@@ -142,7 +148,7 @@ void Model::Impl::for_each_dense_parameter(const std::function<void(const ParamS
 
 absl::Status Model::Impl::quantize_linears(const Nf4Options& nf4) {
   for (DecoderLayer& layer : layers) {
-    for (LinearSlot slot : kLinearSlots) {
+    for (LinearSlot slot : linear_slots(config.family)) {
       Linear& linear = layer.linear(slot);
       if (linear.is_quantized()) continue;
       TEMPER_ASSIGN_OR_RETURN(QuantState state, Nf4Quantizer::quantize(linear.weight, nf4));
@@ -160,11 +166,18 @@ void Model::Impl::for_each_parameter(const std::function<void(const ParamSpec&, 
   slots[names.embed] = &embed;
   slots[names.final_norm] = &final_norm;
   slots[names.lm_head] = &lm_head;
+  if (norms_have_bias(config.family)) {
+    slots[names.embed_norm] = &embed_norm;
+    slots[norm_bias_name(names.embed_norm)] = &embed_norm_bias;
+    slots[norm_bias_name(names.final_norm)] = &final_norm_bias;
+  }
   for (int64_t i = 0; i < config.num_layers; ++i) {
     DecoderLayer& layer = layers[i];
     slots[names.attn_norm(i)] = &layer.attn_norm;
     slots[names.mlp_norm(i)] = &layer.mlp_norm;
-    for (LinearSlot slot : kLinearSlots) {
+    slots[norm_bias_name(names.attn_norm(i))] = &layer.attn_norm_bias;
+    slots[norm_bias_name(names.mlp_norm(i))] = &layer.mlp_norm_bias;
+    for (LinearSlot slot : linear_slots(config.family)) {
       const std::string module = names.linear_module(i, slot);
       slots[module + ".weight"] = &layer.linear(slot).weight;
       slots[module + ".bias"] = &layer.linear(slot).bias;
@@ -193,17 +206,28 @@ StatusOr<Model> Model::load(const std::filesystem::path& dir, const ModelOptions
   TEMPER_ASSIGN_OR_RETURN(impl->config_json, read_file(dir / "config.json"));
   impl->source_dir = dir;
 
+  // A BLOOM checkpoint saved from BloomModel names its tensors without "transformer."; the model
+  // keeps BloomForCausalLM's names either way.
+  const std::string drop = optional_checkpoint_prefix(config.family);
+  const std::string& embed_name = architecture_names(config.family).embed;
+  const bool dropped = !drop.empty() && reader.entry(embed_name) == nullptr &&
+                       reader.entry(embed_name.substr(drop.size())) != nullptr;
+  auto stored_name = [&](const std::string& name) {
+    return dropped && name.rfind(drop, 0) == 0 ? name.substr(drop.size()) : name;
+  };
+
   // Check names and shapes of everything before converting anything.
   std::vector<std::string> missing;
   std::vector<std::string> wrong_shape;
   std::set<std::string> expected;
   for (const ParamSpec& spec : parameter_specs(config)) {
-    expected.insert(spec.name);
-    const SafetensorsEntry* entry = reader.entry(spec.name);
+    const std::string name = stored_name(spec.name);
+    expected.insert(name);
+    const SafetensorsEntry* entry = reader.entry(name);
     if (entry == nullptr) {
-      missing.push_back(spec.name);
+      missing.push_back(name);
     } else if (entry->shape != spec.shape) {
-      wrong_shape.push_back(str_cat(spec.name, " is ", shape_string(entry->shape), ", expected ",
+      wrong_shape.push_back(str_cat(name, " is ", shape_string(entry->shape), ", expected ",
                                          shape_string(spec.shape)));
     }
   }
@@ -230,13 +254,14 @@ StatusOr<Model> Model::load(const std::filesystem::path& dir, const ModelOptions
   absl::Status status = absl::OkStatus();
   impl->for_each_parameter([&](const ParamSpec& spec, at::Tensor& slot) {
     if (!status.ok()) return;
-    absl::StatusOr<at::Tensor> stored = reader.tensor(spec.name);
+    const std::string name = stored_name(spec.name);
+    absl::StatusOr<at::Tensor> stored = reader.tensor(name);
     if (!stored.ok()) {
       status = stored.status();
       return;
     }
     if (!at::isFloatingType(stored->scalar_type())) {
-      status = absl::InvalidArgumentError(str_cat(reader.file_of(spec.name).string(), ": tensor ", spec.name,
+      status = absl::InvalidArgumentError(str_cat(reader.file_of(name).string(), ": tensor ", name,
                                                        " has dtype ", c10::toString(stored->scalar_type()),
                                                        "; model weights must be floating point"));
       return;
@@ -266,6 +291,7 @@ StatusOr<Model> Model::random(const ModelConfig& config, const ModelOptions& opt
       at::Tensor value;
       switch (spec.role) {
         case ParamRole::kNorm: value = at::ones(spec.shape, at::kFloat); break;
+        case ParamRole::kNormBias:
         case ParamRole::kLinearBias: value = at::zeros(spec.shape, at::kFloat); break;
         default: value = at::normal(0.0, 0.02, spec.shape, gen); break;
       }
@@ -293,13 +319,6 @@ StatusOr<ForwardOutput> Model::forward(const ForwardInput& input, KvCache* cache
     const int64_t batch = ids.size(0);
     const int64_t seq = ids.size(1);
     const int64_t past = cache != nullptr ? cache->length : 0;
-    at::Tensor positions = input.position_ids.defined()
-                               ? input.position_ids.to(device, at::kLong)
-                               : at::arange(past, past + seq, at::TensorOptions().dtype(at::kLong).device(device))
-                                     .unsqueeze(0)
-                                     .expand({batch, seq});
-    auto [cos, sin] = rope_cos_sin(impl_->inv_freq, positions, impl_->options.dtype);
-
     if (cache != nullptr && cache->length == 0) {
       cache->keys.assign(config.num_layers, at::Tensor());
       cache->values.assign(config.num_layers, at::Tensor());
@@ -307,19 +326,44 @@ StatusOr<ForwardOutput> Model::forward(const ForwardInput& input, KvCache* cache
     at::Tensor h = at::embedding(impl_->embed, ids);  // [B, T, hidden]
     const at::Tensor segments = input.segment_ids.defined() ? input.segment_ids.to(device) : at::Tensor();
     const bool recompute = impl_->gradient_checkpointing && cache == nullptr && at::GradMode::is_enabled();
-    for (int64_t i = 0; i < config.num_layers; ++i) {
-      const DecoderLayer& layer = impl_->layers[i];
-      if (recompute) {
-        h = checkpointed([&layer, &config, cos = cos, sin = sin, segments](const at::Tensor& x) {
-          return decoder_layer_forward(layer, config, x, cos, sin, nullptr, nullptr, segments);
-        }, h);
-      } else {
-        h = decoder_layer_forward(layer, config, h, cos, sin, cache ? &cache->keys[i] : nullptr,
-                                  cache ? &cache->values[i] : nullptr, segments);
+    if (config.family == ModelFamily::kBloom) {
+      // ALiBi: no positions enter the model, only key-query distances (position_ids are ignored,
+      // as transformers' BLOOM ignores them).
+      h = at::layer_norm(h, {config.hidden_size}, impl_->embed_norm, impl_->embed_norm_bias, config.layer_norm_eps);
+      const at::Tensor bias = alibi_attention_bias(impl_->alibi_slopes, past, seq, segments, impl_->options.dtype);
+      for (int64_t i = 0; i < config.num_layers; ++i) {
+        const DecoderLayer& layer = impl_->layers[i];
+        if (recompute) {
+          h = checkpointed([&layer, &config, bias](const at::Tensor& x) {
+            return bloom_layer_forward(layer, config, x, bias, nullptr, nullptr);
+          }, h);
+        } else {
+          h = bloom_layer_forward(layer, config, h, bias, cache ? &cache->keys[i] : nullptr,
+                                  cache ? &cache->values[i] : nullptr);
+        }
       }
+      h = at::layer_norm(h, {config.hidden_size}, impl_->final_norm, impl_->final_norm_bias, config.layer_norm_eps);
+    } else {
+      at::Tensor positions = input.position_ids.defined()
+                                 ? input.position_ids.to(device, at::kLong)
+                                 : at::arange(past, past + seq, at::TensorOptions().dtype(at::kLong).device(device))
+                                       .unsqueeze(0)
+                                       .expand({batch, seq});
+      auto [cos, sin] = rope_cos_sin(impl_->inv_freq, positions, impl_->options.dtype);
+      for (int64_t i = 0; i < config.num_layers; ++i) {
+        const DecoderLayer& layer = impl_->layers[i];
+        if (recompute) {
+          h = checkpointed([&layer, &config, cos = cos, sin = sin, segments](const at::Tensor& x) {
+            return decoder_layer_forward(layer, config, x, cos, sin, nullptr, nullptr, segments);
+          }, h);
+        } else {
+          h = decoder_layer_forward(layer, config, h, cos, sin, cache ? &cache->keys[i] : nullptr,
+                                    cache ? &cache->values[i] : nullptr, segments);
+        }
+      }
+      h = rms_norm(h, impl_->final_norm, config.rms_norm_eps);
     }
     if (cache != nullptr) cache->length = past + seq;
-    h = rms_norm(h, impl_->final_norm, config.rms_norm_eps);
 
     ForwardOutput out;
     out.logits = at::linear(h, impl_->lm_head);  // [B, T, vocab]

@@ -44,9 +44,12 @@ struct Linear {
 };
 
 struct DecoderLayer {
-  at::Tensor attn_norm;  // [hidden]
-  at::Tensor mlp_norm;   // [hidden]
+  at::Tensor attn_norm;       // [hidden]
+  at::Tensor mlp_norm;        // [hidden]
+  at::Tensor attn_norm_bias;  // [hidden], LayerNorm families (bloom) only
+  at::Tensor mlp_norm_bias;   // [hidden], LayerNorm families (bloom) only
   Linear q, k, v, o, gate, up, down;
+  Linear qkv;  // bloom's fused query_key_value [n_head * 3 * head_dim, hidden], rows per head (q, k, v)
   Linear& linear(LinearSlot slot);
   const Linear& linear(LinearSlot slot) const;
 };
@@ -54,11 +57,15 @@ struct DecoderLayer {
 struct Model::Impl {
   ModelConfig config;
   ModelOptions options;
-  at::Tensor embed;       // [vocab, hidden]
+  at::Tensor embed;            // [vocab, hidden]
+  at::Tensor embed_norm;       // [hidden] bloom's word_embeddings_layernorm; undefined for llama
+  at::Tensor embed_norm_bias;  // [hidden] bloom only
   std::vector<DecoderLayer> layers;
-  at::Tensor final_norm;  // [hidden]
-  at::Tensor lm_head;     // [vocab, hidden]; the same tensor as `embed` when tied
-  at::Tensor inv_freq;    // [head_dim / 2] fp32 on the model's device, RoPE frequencies after scaling
+  at::Tensor final_norm;       // [hidden]
+  at::Tensor final_norm_bias;  // [hidden] bloom only
+  at::Tensor lm_head;          // [vocab, hidden]; the same tensor as `embed` when tied
+  at::Tensor inv_freq;         // [head_dim / 2] fp32 on the model's device, RoPE frequencies after scaling (RoPE families)
+  at::Tensor alibi_slopes;     // [n_head] fp32 on the model's device (bloom)
   // config.json as loaded (or generated for Model::random; empty when the config has no Hugging
   // Face form) and the directory it came from (empty for Model::random): export writes them back.
   std::string config_json;

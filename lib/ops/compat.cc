@@ -21,8 +21,10 @@ at::Tensor repeat_kv(const at::Tensor& x, int64_t groups) {
   if (!allowed && is_causal) {
     allowed = at::ones({q.size(2), k.size(2)}, q.options().dtype(at::kBool)).tril();
   }
-  if (allowed) {
+  if (allowed && allowed->scalar_type() == at::kBool) {
     scores = scores.masked_fill(allowed->logical_not(), -std::numeric_limits<float>::infinity());
+  } else if (allowed) {
+    scores = scores + *allowed;  // an additive bias (ALiBi), -inf where hidden
   }
   const at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
   return at::matmul(probs, vv);

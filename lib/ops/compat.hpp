@@ -16,7 +16,8 @@ namespace temper::compat {
 
 // Scaled dot-product attention over q [B, Hq, Tq, D], k/v [B, Hkv, Tk, D] (Hq a multiple of Hkv,
 // grouped-query attention), any float dtype. `mask` is an optional boolean broadcastable to [B, Hq, Tq, Tk]
-// (true = may attend) that replaces `is_causal` when given. Returns [B, Hq, Tq, D] in q's dtype.
+// (true = may attend), or a float bias in q's dtype added to the scaled scores (-inf hides a key),
+// that replaces `is_causal` when given. Returns [B, Hq, Tq, D] in q's dtype.
 // torch >= 2.5: at::scaled_dot_product_attention (flash / memory-efficient kernels on CUDA).
 // Older: the math form, softmax in fp32, as transformers' eager attention computes it.
 at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
