@@ -73,12 +73,20 @@ absl::Status write_checkpoint_dir(const std::filesystem::path& dir,
     return absl::FailedPreconditionError(
         str_cat(existing.string(), " exists and is not a temper checkpoint; it is left alone"));
   };
-  return write_directory_atomic(dir, write_sealed, may_replace);
+  absl::Status status = write_directory_atomic(dir, write_sealed, may_replace);
+  if (status.ok()) return status;
+  // The failing file is named by its temporary path; say which checkpoint was being written,
+  // and that nothing of it is left (write_directory_atomic removed the temporary).
+  return absl::Status(status.code(), str_cat("writing checkpoint ", dir.string(), " (not written; ",
+                                             "any previous checkpoint there is unchanged): ", std::string(status.message())));
 }
 
 absl::Status verify_checkpoint_dir(const std::filesystem::path& dir) {
   const std::filesystem::path manifest_path = dir / kCheckpointManifest;
   std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) {
+    return absl::NotFoundError(str_cat(dir.string(), ": no such checkpoint directory"));
+  }
   if (!std::filesystem::exists(manifest_path, ec)) {
     return absl::DataLossError(str_cat(dir.string(), ": no ", kCheckpointManifest, " (incomplete or not a temper checkpoint)"));
   }
@@ -128,12 +136,52 @@ absl::StatusOr<std::vector<std::filesystem::path>> list_checkpoints(const std::f
   return out;
 }
 
+namespace {
+
+// "<digits>" followed by ".tmp-" or ".trash-" and anything: a hidden leftover after ".<prefix>".
+bool is_leftover_suffix(const std::string& rest) {
+  size_t i = 0;
+  while (i < rest.size() && rest[i] >= '0' && rest[i] <= '9') ++i;
+  if (i == 0) return false;
+  return rest.compare(i, 5, ".tmp-") == 0 || rest.compare(i, 7, ".trash-") == 0;
+}
+
+}  // namespace
+
 absl::Status prune_checkpoints(const std::filesystem::path& parent, const std::string& prefix, int64_t keep) {
   TEMPER_ASSIGN_OR_RETURN(std::vector<std::filesystem::path> all, list_checkpoints(parent, prefix));
   for (int64_t i = 0; i + std::max<int64_t>(keep, 1) < static_cast<int64_t>(all.size()); ++i) {
-    TEMPER_RETURN_IF_ERROR(remove_tree(all[i]));
+    // Out of sight first (one rename), then deleted: a kill in between leaves a hidden leftover,
+    // never a visible checkpoint with some of its files gone.
+    std::string pattern = (parent / str_cat(".", all[i].filename().string(), ".trash-XXXXXX")).string();
+    if (::mkdtemp(pattern.data()) == nullptr) return os_error(errno, str_cat("creating a directory in ", parent.string()));
+    if (::rename(all[i].c_str(), pattern.c_str()) != 0) {
+      const absl::Status err = os_error(errno, str_cat("moving aside ", all[i].string()));
+      (void)::rmdir(pattern.c_str());
+      return err;
+    }
+    TEMPER_RETURN_IF_ERROR(remove_tree(pattern));
+  }
+  TEMPER_ASSIGN_OR_RETURN(std::vector<std::string> names, list_directory(parent));
+  const std::string hidden = str_cat(".", prefix);
+  for (const std::string& name : names) {
+    if (name.compare(0, hidden.size(), hidden) == 0 && is_leftover_suffix(name.substr(hidden.size()))) {
+      TEMPER_RETURN_IF_ERROR(remove_tree(parent / name));
+    }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::filesystem::path> latest_complete_checkpoint(const std::filesystem::path& parent,
+                                                                 const std::string& prefix,
+                                                                 std::vector<std::string>* skipped) {
+  TEMPER_ASSIGN_OR_RETURN(std::vector<std::filesystem::path> all, list_checkpoints(parent, prefix));
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    const absl::Status status = verify_checkpoint_dir(*it);
+    if (status.ok()) return *it;
+    if (skipped != nullptr) skipped->push_back(std::string(status.message()));
+  }
+  return absl::NotFoundError(str_cat("no complete checkpoint \"", prefix, "<step>\" in ", parent.string()));
 }
 
 }  // namespace temper

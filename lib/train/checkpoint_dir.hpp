@@ -34,8 +34,18 @@ absl::Status verify_checkpoint_dir(const std::filesystem::path& dir);
 absl::StatusOr<std::vector<std::filesystem::path>> list_checkpoints(const std::filesystem::path& parent,
                                                                     const std::string& prefix);
 
-// Removes all but the newest `keep` checkpoints named "<prefix><number>" in `parent`.
+// Removes all but the newest `keep` checkpoints named "<prefix><number>" in `parent`. Each is
+// first renamed to a hidden name and only then deleted, so a process killed while pruning never
+// leaves a half-deleted directory under a checkpoint's name. Hidden leftovers of killed writers
+// and pruners (".<prefix><number>.tmp-*", ".<prefix><number>.trash-*") are removed as well:
+// one trainer owns its checkpoint directory.
 absl::Status prune_checkpoints(const std::filesystem::path& parent, const std::string& prefix, int64_t keep);
+
+// The newest checkpoint "<prefix><number>" in `parent` that verify_checkpoint_dir accepts;
+// NOT_FOUND when there is none. Damaged ones are skipped (and named in `skipped` if given).
+absl::StatusOr<std::filesystem::path> latest_complete_checkpoint(const std::filesystem::path& parent,
+                                                                 const std::string& prefix,
+                                                                 std::vector<std::string>* skipped = nullptr);
 
 // XXH3-64 of a file's contents, as 16 hex digits.
 absl::StatusOr<std::string> file_checksum(const std::filesystem::path& path);
