@@ -450,3 +450,69 @@ TEST_CASE("QLoRA on bloom: NF4 base layers, generation and perplexity run", "[un
   CHECK(ppl->tokens == 39);
   CHECK(std::isfinite(ppl->perplexity));
 }
+
+TEST_CASE("bloom on CUDA: fp32 forward, backward (packed, checkpointed), bf16 training step and KV cache equal the CPU",
+          "[cuda]") {
+  SKIP_WITHOUT_CUDA();
+  const ModelConfig config = tiny_bloom(6, true);
+  Model cpu = tiny_model(config, 51);
+  Model gpu = Model::random(config, {at::kFloat, at::kCUDA}).value();
+  {
+    at::NoGradGuard no_grad;
+    for (auto& [name, p] : gpu.named_parameters()) p.copy_(cpu.parameter(name).value());
+  }
+  ForwardInput input;
+  input.input_ids = random_ids(2, 40, config.vocab_size, 52);
+  input.labels = input.input_ids;
+  input.segment_ids = (at::arange(40, at::kLong) >= 17).to(at::kLong).unsqueeze(0).expand({2, 40}).contiguous();
+  gpu.impl().gradient_checkpointing = true;
+  for (auto& [name, p] : cpu.named_parameters()) p.requires_grad_(true);
+  for (auto& [name, p] : gpu.named_parameters()) p.requires_grad_(true);
+  auto a = cpu.forward(input);
+  auto b = gpu.forward(input);
+  REQUIRE_OK(a);
+  REQUIRE_OK(b);
+  CHECK(max_abs_diff(a->logits, b->logits.cpu()) < 1e-3);
+  a->loss.backward();
+  b->loss.backward();
+  for (const auto& [name, p] : cpu.named_parameters()) {
+    INFO(name);
+    CHECK(max_abs_diff(p.grad(), gpu.parameter(name).value().grad().cpu()) < 1e-3);
+  }
+  GenerationOptions gen;
+  gen.max_new_tokens = 6;
+  gen.stop_token_ids = {-1};
+  CHECK(generate(cpu, {5, 6, 7, 8}, gen).value() == generate(gpu, {5, 6, 7, 8}, gen).value());
+
+  // bf16 with LoRA: a training step runs through the memory-efficient kernel's backward with the bias.
+  TempDir dir;
+  REQUIRE_OK(export_merged_model(cpu, nullptr, dir / "bloom", at::kFloat));
+  Model bf16 = Model::load(dir / "bloom", {at::kBFloat16, at::kCUDA}).value();
+  auto adapter = LoraAdapter::create(bf16, LoraOptions{});
+  REQUIRE_OK(adapter);
+  auto out = bf16.forward(input);
+  REQUIRE_OK(out);
+  CHECK(std::abs(out->loss.item<double>() - a->loss.item<double>()) < 0.05 * a->loss.item<double>());
+  out->loss.backward();
+  for (const auto& [name, t] : adapter->named_parameters()) {
+    INFO(name);
+    REQUIRE(t.grad().defined());
+    CHECK(at::isfinite(t.grad()).all().item<bool>());
+  }
+}
+
+TEST_CASE("LoRA target \"dense\" selects bloom's attention output only, as PEFT's suffix rule does", "[unit]") {
+  Model model = tiny_model(tiny_bloom(4), 3);
+  LoraOptions options;
+  options.rank = 2;
+  options.target_modules = {"dense"};
+  auto adapter = LoraAdapter::create(model, options);
+  REQUIRE_OK(adapter);
+  CHECK(adapter->target_modules() ==
+        std::vector<std::string>{"transformer.h.0.self_attention.dense", "transformer.h.1.self_attention.dense"});
+  options.target_modules = {"q_proj"};
+  adapter->remove();
+  auto wrong = LoraAdapter::create(model, options);
+  REQUIRE_FALSE(wrong.ok());
+  CHECK(message_of(wrong.status()).find("query_key_value") != std::string::npos);  // lists bloom's module names
+}
