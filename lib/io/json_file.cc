@@ -103,7 +103,8 @@ absl::StatusOr<std::optional<double>> json_optional_number(const nlohmann::json&
                                                            std::string_view source) {
   const nlohmann::json* value = find_field(obj, field);
   if (value == nullptr) return std::optional<double>();
-  // JSON has no infinity, but nlohmann reads an overflowing literal (1e400) as one.
+  // JSON has no infinity; nlohmann 3.11 refuses an overflowing literal (1e400) while parsing, and
+  // this keeps any other route to a non-finite value (another parser, a value built in code) out.
   if (value->is_number() && std::isfinite(value->get<double>())) return std::optional<double>(value->get<double>());
   return wrong_type(source, field, "a finite number", *value);
 }

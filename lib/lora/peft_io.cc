@@ -222,6 +222,16 @@ StatusOr<LoraAdapter> LoraAdapter::load(Model& model, const std::filesystem::pat
                               // An owned copy: the adapter trains in place and must not pin the file.
                               return stored.to(device, at::kFloat, /*non_blocking=*/false, /*copy=*/true).requires_grad_(true);
                             }));
+    // A NaN or infinity in an adapter would reach every output of its module (and, merged, the
+    // base weights): refuse the file rather than load a poisoned adapter.
+    TEMPER_ASSIGN_OR_RETURN(const int64_t bad, guarded(str_cat("checking ", e.key), [&]() -> StatusOr<int64_t> {
+                              const at::Tensor nonfinite = at::isfinite(value).logical_not().flatten().nonzero();
+                              return nonfinite.numel() == 0 ? int64_t{-1} : nonfinite[0].item<int64_t>();
+                            }));
+    if (bad >= 0) {
+      return absl::InvalidArgumentError(str_cat(where, ": tensor ", e.key, " holds a NaN or infinity (flat index ", bad,
+                                                "); the adapter file is damaged or its training diverged"));
+    }
     LoraModule& m = *loaded[e.module];
     switch (e.kind) {
       case AdapterTensor::kA: m.a = value; break;

@@ -190,14 +190,18 @@ StatusOr<QuantState> Nf4Quantizer::from_tensors(const std::function<StatusOr<at:
   if (!meta.contains("shape") || !meta["shape"].is_array() || meta["shape"].empty()) {
     return absl::InvalidArgumentError(str_cat(where, ": missing shape"));
   }
+  int64_t n = 1;
   for (const auto& d : meta["shape"]) {
     if (!d.is_number_integer() || d.get<int64_t>() <= 0 || d.get<int64_t>() > (int64_t{1} << 40)) {
-      return absl::InvalidArgumentError(str_cat(where, ": invalid shape ", meta["shape"].dump()));
+      return absl::InvalidArgumentError(str_cat(where, ": invalid shape ", json_preview(meta["shape"])));
     }
+    // Bounded as it grows, so the product never overflows (2^40 x 2^40 would).
+    if (n > (int64_t{1} << 40) / d.get<int64_t>()) {
+      return absl::InvalidArgumentError(str_cat(where, ": shape ", json_preview(meta["shape"]), " too large"));
+    }
+    n *= d.get<int64_t>();
     s.shape.push_back(d.get<int64_t>());
   }
-  const int64_t n = s.numel();
-  if (n <= 0 || n > (int64_t{1} << 40)) return absl::InvalidArgumentError(str_cat(where, ": shape too large"));
   const int64_t blocks = ceil_div(n, s.blocksize);
   const bool nested = meta.contains("nested_offset");
 
@@ -205,7 +209,7 @@ StatusOr<QuantState> Nf4Quantizer::from_tensors(const std::function<StatusOr<at:
     TEMPER_ASSIGN_OR_RETURN(at::Tensor t, lookup(name));
     if (t.scalar_type() != want || t.numel() != numel) {
       return absl::InvalidArgumentError(str_cat(name, ": expected ", c10::toString(want), " with ", numel,
-                                                " elements for shape ", meta["shape"].dump(), ", found ",
+                                                " elements for shape ", json_preview(meta["shape"]), ", found ",
                                                 c10::toString(t.scalar_type()), " with ", t.numel()));
     }
     return t;

@@ -27,7 +27,8 @@ inline constexpr char kCheckpointManifest[] = "manifest.json";
 absl::Status write_checkpoint_dir(const std::filesystem::path& dir,
                                   const std::function<absl::Status(const std::filesystem::path&)>& write_files);
 
-// Checks `dir` against its manifest (presence, sizes, checksums). DATA_LOSS when it does not match.
+// Checks `dir` against its manifest (presence, sizes, checksums). DATA_LOSS when it does not match
+// (a directory without a manifest included); NOT_FOUND when `dir` does not exist.
 absl::Status verify_checkpoint_dir(const std::filesystem::path& dir);
 
 // Checkpoints named "<prefix><number>" in `parent`, oldest first by number.
