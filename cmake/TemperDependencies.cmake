@@ -9,6 +9,7 @@ find_package(nlohmann_json 3.10 REQUIRED)
 find_package(Threads REQUIRED)
 find_package(SentencePiece REQUIRED)
 find_package(Utf8proc REQUIRED)
+find_package(Pcre2 REQUIRED)  # tokenizer.json regexes (lib/tokenizer/hf_regex.hpp)
 find_package(Xxhash REQUIRED)
 
 # The sentencepiece CLI encodes the tests' reference token ids in its own process.
