@@ -47,7 +47,7 @@ struct ModelConfig {
   int64_t num_attention_heads = 0;
   int64_t num_key_value_heads = 0;    // == num_attention_heads without GQA
   int64_t head_dim = 0;               // hidden_size / num_attention_heads unless given
-  int64_t max_position_embeddings = 0;
+  int64_t max_position_embeddings = 0;  // bloom (ALiBi, no limit): seq_length, the training length
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;

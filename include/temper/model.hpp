@@ -36,7 +36,8 @@ struct ForwardInput {
   // [B, T] int64, unshifted as in transformers: position t is scored on labels[t + 1];
   // -100 marks positions without loss. Undefined: no loss.
   at::Tensor labels;
-  // [B, T] int64, optional. Default: cache length + 0..T-1 for every row.
+  // [B, T] int64, optional. Default: cache length + 0..T-1 for every row. RoPE families only:
+  // bloom (ALiBi) sees only distances between positions and ignores it, as transformers does.
   at::Tensor position_ids;
   // [B, T] integer, optional: packed sequences. A position attends only to earlier positions of
   // the same segment (block-diagonal causal attention), so packed documents never see each
