@@ -15,6 +15,7 @@
 #include "model/rope.hpp"
 #include "ops/nf4_linear.hpp"
 #include "ops/rms_norm.hpp"
+#include "quant/bnb_checkpoint.hpp"
 #include "util/status_macros.hpp"
 #include "util/torch_errors.hpp"
 
@@ -94,6 +95,29 @@ absl::StatusOr<at::Tensor> checked_ids(const ForwardInput& input, const ModelCon
     return absl::InvalidArgumentError(str_cat("forward: segment_ids must be integers of shape ", shape_string(ids.sizes())));
   }
   return ids.to(at::kLong);
+}
+
+// Reads the bitsandbytes NF4 weight `name` (P.weight and its quant-state tensors) into `linear`.
+absl::Status load_bnb_linear(const CheckpointReader& reader, const std::string& name, const ParamSpec& spec,
+                             at::Device device, Linear& linear) {
+  const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
+  TEMPER_ASSIGN_OR_RETURN(
+      QuantState state,
+      Nf4Quantizer::from_tensors([&](const std::string& tensor) { return reader.tensor(tensor); }, prefix));
+  if (state.shape != spec.shape) {
+    return absl::InvalidArgumentError(str_cat(reader.file_of(name).string(), ": ", name, " quant_state says shape ",
+                                              shape_string(state.shape), ", this config expects ",
+                                              shape_string(spec.shape)));
+  }
+  return guarded(str_cat("loading ", name), [&]() -> absl::Status {
+    for (at::Tensor* t : {&state.packed, &state.absmax, &state.quant_map, &state.nested_absmax,
+                          &state.nested_quant_map}) {
+      if (t->defined()) *t = t->to(device).contiguous();
+    }
+    linear.quantized = std::make_shared<const QuantState>(std::move(state));
+    linear.weight = at::Tensor();
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace
@@ -216,6 +240,22 @@ StatusOr<Model> Model::load(const std::filesystem::path& dir, const ModelOptions
     return dropped && name.rfind(drop, 0) == 0 ? name.substr(drop.size()) : name;
   };
 
+  // A checkpoint quantized by bitsandbytes (QLoRA base) keeps its 4-bit linears as they are: a
+  // linear weight is read quantized when its quant_state tensor is present; everything else is
+  // dense. Such a model is quantized whatever options.quantize_nf4 says.
+  TEMPER_ASSIGN_OR_RETURN(std::optional<BnbQuantizationConfig> bnb,
+                          parse_bnb_quantization_config(impl->config_json, (dir / "config.json").string()));
+  std::set<std::string> quantized;
+  if (bnb) {
+    for (const ParamSpec& spec : parameter_specs(config)) {
+      if (impl->linear_of_weight(spec.name) != nullptr &&
+          reader.entry(bnb_quant_state_name(stored_name(spec.name))) != nullptr) {
+        quantized.insert(spec.name);
+      }
+    }
+    if (!quantized.empty()) impl->options.quantize_nf4 = true;
+  }
+
   // Check names and shapes of everything before converting anything.
   std::vector<std::string> missing;
   std::vector<std::string> wrong_shape;
@@ -226,7 +266,7 @@ StatusOr<Model> Model::load(const std::filesystem::path& dir, const ModelOptions
     const SafetensorsEntry* entry = reader.entry(name);
     if (entry == nullptr) {
       missing.push_back(name);
-    } else if (entry->shape != spec.shape) {
+    } else if (entry->shape != spec.shape && !quantized.count(spec.name)) {  // NF4: checked against its quant_state
       wrong_shape.push_back(str_cat(name, " is ", shape_string(entry->shape), ", expected ",
                                          shape_string(spec.shape)));
     }
@@ -234,7 +274,10 @@ StatusOr<Model> Model::load(const std::filesystem::path& dir, const ModelOptions
   std::vector<std::string> unexpected;
   for (const std::string& name : reader.names()) {
     const bool tied_head = config.tie_word_embeddings && name == architecture_names(config.family).lm_head;
-    if (!expected.count(name) && !tied_head && !is_ignorable_checkpoint_tensor(name)) unexpected.push_back(name);
+    if (!expected.count(name) && !tied_head && !is_ignorable_checkpoint_tensor(name) &&
+        !(!quantized.empty() && is_bnb_quant_state_tensor(name))) {
+      unexpected.push_back(name);
+    }
   }
   const std::string where = dir.string();
   if (!wrong_shape.empty()) {
@@ -255,6 +298,11 @@ StatusOr<Model> Model::load(const std::filesystem::path& dir, const ModelOptions
   impl->for_each_parameter([&](const ParamSpec& spec, at::Tensor& slot) {
     if (!status.ok()) return;
     const std::string name = stored_name(spec.name);
+    if (quantized.count(spec.name)) {
+      status = load_bnb_linear(reader, name, spec, options.device,
+                               const_cast<Linear&>(*impl->linear_of_weight(spec.name)));
+      return;
+    }
     absl::StatusOr<at::Tensor> stored = reader.tensor(name);
     if (!stored.ok()) {
       status = stored.status();
