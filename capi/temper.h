@@ -31,7 +31,7 @@
  *   (metrics, results) work the same way in reverse: set struct_size to sizeof, the library fills
  *   the fields it knows within it and sets struct_size to what it filled.
  * - Layout: fields are 4 or 8 bytes wide, 4-byte fields come in pairs, no struct has padding
- *   (tests/capi/abi_layout_test.c freezes every size and offset). LP64 platforms only.
+ *   (tests/capi/abi_layout.h freezes every size and offset). LP64 platforms only.
  * - Threading. A handle, and the handles that share its objects (a model, its adapter, a trainer
  *   on them, a data mixer and its sources), are used by one thread at a time. The functions marked
  *   thread-safe may be called from any thread at any time: the error, version and build getters,
@@ -172,7 +172,7 @@ typedef enum temper_device_type {
 
 typedef enum temper_quantization {
   TEMPER_QUANTIZE_NONE = 0,
-  TEMPER_QUANTIZE_NF4 = 1  /**< reserved for QLoRA; TEMPER_UNIMPLEMENTED for now */
+  TEMPER_QUANTIZE_NF4 = 1  /**< QLoRA: decoder-block linear weights held in NF4 (blocks of 64, double quantization) */
 } temper_quantization;
 
 typedef struct temper_model_options {
@@ -491,6 +491,18 @@ typedef enum temper_exhaustion_policy {
   TEMPER_EXHAUSTION_STOP = 2          /**< the first source to run out ends the stream (held-out sets) */
 } temper_exhaustion_policy;
 
+/**
+ * A point of a share schedule: from at_tokens mixed tokens on, source source_names[i] has target
+ * weight weights[i]; between two points the weights are interpolated linearly, and before the first
+ * point the sources' own weights hold. Not versioned (it travels in arrays): its layout is frozen.
+ */
+typedef struct temper_share_schedule_point {
+  int64_t at_tokens;
+  const char* const* source_names;  /**< num_weights names of the mixer's sources */
+  const double* weights;            /**< num_weights weights */
+  size_t num_weights;
+} temper_share_schedule_point;
+
 typedef struct temper_data_mixer_options {
   uint32_t struct_size;
   int32_t objective;               /**< temper_objective; default CONTINUED_PRETRAINING */
@@ -509,6 +521,8 @@ typedef struct temper_data_mixer_options {
   const char* chat_template;       /**< SFT: "chatml", "llama2", "llama3", "alpaca", "plain"; NULL/"" = detect from model_dir */
   const char* model_dir;           /**< SFT template detection; NULL (default) = none ("plain") */
   uint64_t seed;                   /**< breaks ties between sources; default 0 */
+  const temper_share_schedule_point* schedule;  /**< points in increasing at_tokens; copied; NULL/0 (default) = none */
+  size_t num_schedule_points;
 } temper_data_mixer_options;
 
 TEMPER_C_API int32_t temper_data_mixer_options_default(temper_data_mixer_options* options, size_t struct_size);
@@ -687,7 +701,7 @@ TEMPER_C_API int32_t temper_trainer_save_checkpoint(temper_trainer* trainer, con
 
 /**
  * Restores a checkpoint of the same model, adapter shapes, data and options (FAILED_PRECONDITION
- * otherwise, DATA_LOSS when damaged); training then continues exactly as if never stopped.
+ * otherwise, NOT_FOUND when dir does not exist, DATA_LOSS when damaged or incomplete); training then continues exactly as if never stopped.
  */
 TEMPER_C_API int32_t temper_trainer_resume(temper_trainer* trainer, const char* dir);
 

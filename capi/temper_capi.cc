@@ -376,7 +376,7 @@ void model_defaults(temper_model_options* o) {
   o->struct_size = sizeof *o;
   o->dtype = dtype_to_c(cpp.dtype);
   o->device_type = cpp.device.is_cuda() ? TEMPER_DEVICE_CUDA : TEMPER_DEVICE_CPU;
-  o->quantize = TEMPER_QUANTIZE_NONE;
+  o->quantize = cpp.quantize_nf4 ? TEMPER_QUANTIZE_NF4 : TEMPER_QUANTIZE_NONE;
 }
 
 void generation_defaults(temper_generation_options* o) {
@@ -573,6 +573,7 @@ int32_t stop_reason_to_c(const std::string& reason) {
 }  // namespace temper::capi
 
 using namespace temper::capi;  // NOLINT: the C functions below are this file's only content
+using temper::str_cat;
 
 // ---- errors, version, logging, devices ---------------------------------------------------------
 
@@ -658,13 +659,11 @@ int32_t temper_model_load(temper_model** model, const char* dir, const temper_mo
     auto c = read_options(options, "temper_model_options", model_defaults);
     if (!c.ok()) return fail(c.status());
     if (auto s = check_reserved(c->reserved, "temper_model_options.reserved"); !s.ok()) return fail(s);
-    if (c->quantize != TEMPER_QUANTIZE_NONE) {
-      if (c->quantize == TEMPER_QUANTIZE_NF4) {
-        return fail(absl::StatusCode::kUnimplemented, "NF4 quantization (QLoRA) is not available through the C ABI yet");
-      }
+    if (c->quantize != TEMPER_QUANTIZE_NONE && c->quantize != TEMPER_QUANTIZE_NF4) {
       return invalid(str_cat("temper_model_options.quantize is ", c->quantize, "; use a temper_quantization value"));
     }
     temper::ModelOptions cpp;
+    cpp.quantize_nf4 = c->quantize == TEMPER_QUANTIZE_NF4;  // with bitsandbytes' (QLoRA's) NF4 defaults
     auto dtype = dtype_from(c->dtype, "temper_model_options.dtype");
     if (!dtype.ok()) return fail(dtype.status());
     cpp.dtype = *dtype;
@@ -1043,6 +1042,21 @@ int32_t temper_data_mixer_create(temper_data_mixer** mixer, const temper_tokeniz
     cpp.chat_template = string_or(c->chat_template, "");
     cpp.model_dir = string_or(c->model_dir, "");
     cpp.seed = c->seed;
+    if (c->schedule == nullptr && c->num_schedule_points > 0) return null_argument("temper_data_mixer_options.schedule");
+    for (size_t p = 0; p < c->num_schedule_points; ++p) {
+      const temper_share_schedule_point& in = c->schedule[p];
+      const std::string field = str_cat("temper_data_mixer_options.schedule[", p, "]");
+      if (in.num_weights > 0 && (in.source_names == nullptr || in.weights == nullptr)) {
+        return invalid(str_cat(field, ": source_names or weights is NULL but num_weights is ", in.num_weights));
+      }
+      temper::ShareSchedulePoint point;
+      point.at_tokens = in.at_tokens;
+      for (size_t i = 0; i < in.num_weights; ++i) {
+        if (in.source_names[i] == nullptr) return invalid(str_cat(field, ".source_names[", i, "] is NULL"));
+        point.weights[in.source_names[i]] = in.weights[i];
+      }
+      cpp.schedule.push_back(std::move(point));
+    }
     auto created = temper::DataMixer::create(cpp, *tokenizer->tokenizer);
     if (!created.ok()) return fail(created.status());
     *mixer = new temper_data_mixer{own(std::move(*created), {tokenizer->tokenizer})};

@@ -2,11 +2,15 @@
 # `find_package(temper)` + `target_link_libraries(app PRIVATE temper::temper)` works.
 include(CMakePackageConfigHelpers)
 
-install(TARGETS temper EXPORT temperTargets
+# temper_c is the C ABI (capi/): libtemper_c.so, temper.h at the include root, and a pkg-config
+# file for hosts that do not use CMake (C, Rust's build.rs, Go's cgo).
+install(TARGETS temper temper_c EXPORT temperTargets
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
+  PUBLIC_HEADER DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(FILES ${PROJECT_BINARY_DIR}/temper_c.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/temper DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(FILES ${PROJECT_BINARY_DIR}/include/temper/build_info.hpp DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/temper)
 

@@ -79,7 +79,7 @@ struct SourceReport {
   bool exhausted = false;
 };
 
-struct MixReport {
+struct TEMPER_API MixReport {
   std::vector<SourceReport> sources;
   int64_t tokens_mixed = 0;
   int64_t batches = 0;

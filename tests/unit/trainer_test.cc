@@ -180,7 +180,7 @@ TEST_CASE("a checkpoint of another run or a damaged one is refused", "[unit]") {
 
   std::ofstream(dir / "ckpt" / "optimizer.safetensors", std::ios::app) << "junk";
   CHECK(trainer->resume(dir / "ckpt").code() == absl::StatusCode::kDataLoss);
-  CHECK(trainer->resume(dir / "nowhere").code() == absl::StatusCode::kDataLoss);
+  CHECK(trainer->resume(dir / "nowhere").code() == absl::StatusCode::kNotFound);
 }
 
 TEST_CASE("non-finite steps are skipped, counted, and stop training when they persist", "[unit]") {

@@ -1,0 +1,3 @@
+module temper.example/finetune
+
+go 1.19
