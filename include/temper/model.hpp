@@ -43,10 +43,14 @@ struct ForwardInput {
   // the same segment (block-diagonal causal attention), so packed documents never see each
   // other. Not combinable with a KV cache.
   at::Tensor segment_ids;
+  // With labels: false computes the loss without the [B, T, vocab] logits (chunked head +
+  // cross-entropy, lib/ops/linear_cross_entropy.hpp), leaving ForwardOutput::logits undefined;
+  // what training wants. Without labels it has no effect.
+  bool return_logits = true;
 };
 
 struct ForwardOutput {
-  at::Tensor logits;    // [B, T, vocab] in the model dtype
+  at::Tensor logits;    // [B, T, vocab] in the model dtype; undefined when return_logits was false
   at::Tensor loss;      // [] fp32: mean over scored tokens (0 when there are none); undefined without labels
   at::Tensor loss_sum;  // [] fp32: sum over scored tokens, for token-normalised gradient accumulation
   int64_t num_tokens = 0;  // scored tokens (labels != -100 after the shift)

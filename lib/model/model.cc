@@ -13,6 +13,7 @@
 #include "model/loss.hpp"
 #include "model/model_impl.hpp"
 #include "model/rope.hpp"
+#include "ops/linear_cross_entropy.hpp"
 #include "ops/nf4_linear.hpp"
 #include "ops/rms_norm.hpp"
 #include "quant/bnb_checkpoint.hpp"
@@ -414,6 +415,16 @@ StatusOr<ForwardOutput> Model::forward(const ForwardInput& input, KvCache* cache
     if (cache != nullptr) cache->length = past + seq;
 
     ForwardOutput out;
+    if (input.labels.defined() && !input.return_logits) {
+      // Position t is scored on labels[t + 1], as causal_lm_loss shifts.
+      const int64_t hidden = h.size(-1);
+      const at::Tensor scored = h.narrow(1, 0, h.size(1) - 1).reshape({-1, hidden});
+      const at::Tensor targets = input.labels.to(device).narrow(1, 1, h.size(1) - 1).reshape({-1});
+      out.loss_sum = linear_cross_entropy_sum(scored, impl_->lm_head, targets);
+      out.num_tokens = targets.ne(kIgnoreIndex).sum().item<int64_t>();
+      out.loss = out.loss_sum / static_cast<double>(std::max<int64_t>(out.num_tokens, 1));
+      return out;
+    }
     out.logits = at::linear(h, impl_->lm_head);  // [B, T, vocab]
     if (input.labels.defined()) {
       TokenLoss loss = causal_lm_loss(out.logits, input.labels.to(device));

@@ -15,12 +15,13 @@ struct StateHolder : torch::CustomClassHolder {
 };
 
 at::Tensor dense(const QuantState& s, at::ScalarType dtype) {
-  at::Tensor absmax = s.absmax;
-  if (s.double_quant()) {
-    absmax = dequantize_blockwise_8bit(s.absmax, s.nested_absmax, s.nested_quant_map, s.nested_blocksize) +
-             static_cast<float>(s.nested_offset);
+  if (s.double_quant()) {  // one fused kernel on CUDA (absmax decoded inside)
+    return nf4_dequantize_nested_blocks(s.packed, s.absmax, s.nested_absmax, s.nested_quant_map,
+                                        static_cast<float>(s.nested_offset), s.quant_map, s.blocksize,
+                                        s.nested_blocksize, s.numel(), dtype)
+        .view(s.shape);
   }
-  return nf4_dequantize_blocks(s.packed, absmax, s.quant_map, s.blocksize, s.numel(), dtype).view(s.shape);
+  return nf4_dequantize_blocks(s.packed, s.absmax, s.quant_map, s.blocksize, s.numel(), dtype).view(s.shape);
 }
 
 class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {

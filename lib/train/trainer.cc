@@ -224,6 +224,7 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
     input.labels = batch.labels;
     input.position_ids = batch.position_ids;
     input.segment_ids = batch.segment_ids;
+    input.return_logits = false;  // the loss only: no [B, T, vocab] logits (the largest activation)
     TEMPER_ASSIGN_OR_RETURN(ForwardOutput out, model->forward(input));
     TEMPER_RETURN_IF_ERROR(guarded("backward", [&]() -> absl::Status {
       (out.loss_sum / static_cast<double>(tokens)).backward();
@@ -303,7 +304,8 @@ StatusOr<EvalMetrics> Trainer::Impl::evaluate_all() {
       input.input_ids = batch.input_ids;
       input.labels = batch.labels;
       input.position_ids = batch.position_ids;
-    input.segment_ids = batch.segment_ids;
+      input.segment_ids = batch.segment_ids;
+      input.return_logits = false;
       TEMPER_ASSIGN_OR_RETURN(ForwardOutput out, model->forward(input));
       nll += out.loss_sum.item<double>();
       tokens += out.num_tokens;

@@ -53,7 +53,8 @@ if [[ $part == *,bench,* ]]; then
   for cmd in "$b/train_bench --shape 7b --mode lora --ckpt" "$b/train_bench --shape 7b --mode qlora --ckpt" \
              "python3 $snap/bench/peer_peft.py --shape 7b --mode lora --ckpt" \
              "$b/train_bench --shape 1b --mode lora" "$b/train_bench --shape 1b --mode qlora" \
-             "python3 $snap/bench/peer_peft.py --shape 1b --mode lora"; do
+             "python3 $snap/bench/peer_peft.py --shape 1b --mode lora" \
+             "$b/train_bench --shape 1b --mode full" "python3 $snap/bench/peer_peft.py --shape 1b --mode full"; do
     echo "# $cmd" >> "$out/logs/train_bench.log"
     $cmd >> "$out/logs/train_bench.log" 2>&1
     tail -1 "$out/logs/train_bench.log" | tee -a "$out/train_bench.jsonl"
