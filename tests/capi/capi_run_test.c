@@ -8,6 +8,7 @@
    merged adapter and an exported merged model must all score a text as the trained adapter does;
    the held-out loss must fall below the base model's. Usage: capi_run_test <repo root> <scratch dir> */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,7 +108,27 @@ typedef struct {
   temper_trainer* trainer;      /* for request_stop and readouts inside the callback */
   int eval_calls;
   double last_eval_delta;
+  /* request_stop from another thread at this step (0: never): the step callback hands over to
+     `stopper` and waits until it has called temper_trainer_request_stop. */
+  int64_t stop_from_thread_at;
+  pthread_t stopper;
+  pthread_mutex_t lock;
+  pthread_cond_t changed;
+  int stage; /* 0 waiting, 1 the step is done, 2 the stop is requested */
 } progress;
+
+static void* stop_from_thread(void* arg) {
+  progress* p = (progress*)arg;
+  pthread_mutex_lock(&p->lock);
+  while (p->stage < 1) pthread_cond_wait(&p->changed, &p->lock);
+  pthread_mutex_unlock(&p->lock);
+  CHECK(temper_trainer_request_stop(p->trainer) == TEMPER_OK);
+  pthread_mutex_lock(&p->lock);
+  p->stage = 2;
+  pthread_cond_broadcast(&p->changed);
+  pthread_mutex_unlock(&p->lock);
+  return NULL;
+}
 
 static void on_step(void* user_data, const temper_step_metrics* m) {
   progress* p = (progress*)user_data;
@@ -125,6 +146,13 @@ static void on_step(void* user_data, const temper_step_metrics* m) {
     CHECK_OK(temper_trainer_last_step_metrics(&again, p->trainer));
     CHECK(again.step == m->step && again.loss == m->loss);
     if (p->stop_at > 0 && m->step == p->stop_at) CHECK_OK(temper_trainer_request_stop(p->trainer));
+    if (p->stop_from_thread_at > 0 && m->step == p->stop_from_thread_at) {
+      pthread_mutex_lock(&p->lock);
+      p->stage = 1;
+      pthread_cond_broadcast(&p->changed);
+      while (p->stage < 2) pthread_cond_wait(&p->changed, &p->lock);
+      pthread_mutex_unlock(&p->lock);
+    }
   }
 }
 
@@ -158,11 +186,20 @@ static temper_source* records_source(const char* name, const char* role, double 
   return source;
 }
 
+/* The three training sources at 1 : 1 : 2 from the first token on (their own weights are 1 each). */
+static const char* schedule_names[3] = {"notes_file", "notes_memory", "notes_reversed"};
+static const double schedule_weights[3] = {1.0, 1.0, 2.0};
+static const temper_share_schedule_point schedule = {0, schedule_names, schedule_weights, 3};
+
 static temper_data_mixer* make_mixer(const temper_tokenizer* tokenizer, temper_source* const* sources, size_t n,
                                      int32_t on_exhausted) {
   temper_data_mixer_options o;
   temper_data_mixer* mixer = NULL;
   CHECK_OK(temper_data_mixer_options_default(&o, sizeof o));
+  if (n == 3) {
+    o.schedule = &schedule;
+    o.num_schedule_points = 1;
+  }
   o.batch_size = 4;
   o.seq_len = 64;
   o.on_exhausted = on_exhausted;
@@ -209,6 +246,22 @@ static double perplexity_of(const temper_model* model, const int32_t* ids, size_
   CHECK(r.struct_size == sizeof r && r.tokens == (int64_t)n - 1);
   CHECK(fabs(exp(r.mean_nll) - r.perplexity) < 1e-9 * r.perplexity);
   return r.mean_nll;
+}
+
+/* The mix report (JSON with sorted keys) gives source `name` the target share `share`. */
+static void check_share(const char* report, const char* name, const char* share) {
+  char expected[256], compact[8192];
+  size_t i, n = 0;
+  for (i = 0; report[i] != '\0' && n + 1 < sizeof compact; ++i) {
+    if (report[i] != ' ' && report[i] != '\n') compact[n++] = report[i];
+  }
+  compact[n] = '\0';
+  CHECK(snprintf(expected, sizeof expected, "\"name\":\"%s\",\"role\":\"domain\",\"target_share\":%s,", name, share) <
+        (int)sizeof expected);
+  if (strstr(compact, expected) == NULL) {
+    fprintf(stderr, "the mix report lacks %s:\n%s\n", expected, report);
+    exit(1);
+  }
 }
 
 /* The mixer's state through the buffer protocol: ask for the size, then fetch. */
@@ -367,7 +420,10 @@ int main(int argc, char** argv) {
   }
 
   CHECK(temper_data_mixer_report(report, sizeof report, &needed, mixer) == TEMPER_OK);
-  CHECK(strstr(report, "\"notes_file\"") && strstr(report, "\"notes_memory\"") && strstr(report, "\"notes_reversed\""));
+  /* The schedule's shares, normalised: 1/4, 1/4, 1/2 (the report's JSON has sorted keys). */
+  check_share(report, "notes_file", "0.25");
+  check_share(report, "notes_memory", "0.25");
+  check_share(report, "notes_reversed", "0.5");
 
   /* Checkpoint, then one more step; a second trainer resumed from the checkpoint (fresh model,
      adapter and mixer over the same sources) must take exactly the same step. */
@@ -499,8 +555,8 @@ int main(int argc, char** argv) {
   }
 
   /* QLoRA: an NF4 base trains an adapter through the same calls. request_stop from inside a step
-     callback makes train return after that step; train again and it runs until the finite data
-     ends, with a notice to the log callback. */
+     callback, then from another thread, makes train return after that step; train again and it
+     runs until the finite data ends, with a notice to the log callback. */
   {
     temper_model_options mo;
     temper_model* q = NULL;
@@ -513,6 +569,7 @@ int main(int argc, char** argv) {
     CHECK_OK(temper_model_load(&q, model_dir, &mo));
     qa = make_adapter(q);
     memset(&qp, 0, sizeof qp);
+    CHECK(pthread_mutex_init(&qp.lock, NULL) == 0 && pthread_cond_init(&qp.changed, NULL) == 0);
     qo = trainer_options(eval_sets, 0, &qp);
     qo.max_steps = 50;
     held_source = records_source("once", "domain", 1.0);
@@ -526,10 +583,19 @@ int main(int argc, char** argv) {
     CHECK_OK(temper_trainer_train(&result, qt));
     CHECK(result.stop_reason == TEMPER_STOP_REQUESTED && result.steps == 2 && qp.count == 2);
     CHECK(log_messages == 0);
+    /* From another thread: step 3's callback waits until that thread has asked for the stop. */
+    qp.stop_at = 0;
+    qp.stop_from_thread_at = 3;
+    CHECK(pthread_create(&qp.stopper, NULL, stop_from_thread, &qp) == 0);
+    CHECK_OK(temper_trainer_train(&result, qt));
+    CHECK(pthread_join(qp.stopper, NULL) == 0);
+    CHECK(result.stop_reason == TEMPER_STOP_REQUESTED && result.steps == 3 && qp.count == 3);
     CHECK_OK(temper_trainer_train(&result, qt));
     /* 40 notes of about 25 tokens fill 3 batches of 4 x 64 tokens; the 4th is partial. */
     CHECK(result.stop_reason == TEMPER_STOP_DATA_EXHAUSTED && result.steps == 3 && qp.count == 3);
     CHECK(log_messages == 1);
+    pthread_cond_destroy(&qp.changed);
+    pthread_mutex_destroy(&qp.lock);
     temper_trainer_destroy(qt);
     temper_lora_adapter_destroy(qa);
     temper_model_destroy(q);
