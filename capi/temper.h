@@ -184,7 +184,7 @@ typedef struct temper_model_options {
   int32_t reserved;      /**< must be 0 */
 } temper_model_options;
 
-/** Fills *options with the defaults; struct_size = sizeof *options (see "Options structs"). */
+/** Fills *options with the defaults; struct_size = sizeof *options (see "Options structs"). Thread-safe. */
 TEMPER_C_API int32_t temper_model_options_default(temper_model_options* options, size_t struct_size);
 
 /**
@@ -212,6 +212,7 @@ typedef struct temper_generation_options {
   size_t num_stop_token_ids;
 } temper_generation_options;
 
+/** Fills *options with the defaults (see "Options structs"). Thread-safe. */
 TEMPER_C_API int32_t temper_generation_options_default(temper_generation_options* options, size_t struct_size);
 
 /**
@@ -230,6 +231,7 @@ typedef struct temper_perplexity_options {
   int64_t batch_size;  /**< windows per forward pass; default 8 */
 } temper_perplexity_options;
 
+/** Fills *options with the defaults (see "Options structs"). Thread-safe. */
 TEMPER_C_API int32_t temper_perplexity_options_default(temper_perplexity_options* options, size_t struct_size);
 
 typedef struct temper_perplexity_result {
@@ -290,6 +292,7 @@ TEMPER_C_API int32_t temper_tokenizer_encode(int32_t* ids, size_t capacity, size
 TEMPER_C_API int32_t temper_tokenizer_decode(char* text, size_t size, size_t* needed, const temper_tokenizer* tokenizer,
                                              const int32_t* ids, size_t count);
 
+/** The number of ids the tokenizer knows. */
 TEMPER_C_API int32_t temper_tokenizer_vocab_size(int32_t* size, const temper_tokenizer* tokenizer);
 
 typedef enum temper_special_token {
@@ -326,6 +329,7 @@ typedef struct temper_lora_options {
   int32_t reserved;                    /**< must be 0 */
 } temper_lora_options;
 
+/** Fills *options with the defaults (see "Options structs"). Thread-safe. */
 TEMPER_C_API int32_t temper_lora_options_default(temper_lora_options* options, size_t struct_size);
 
 /**
@@ -360,6 +364,7 @@ TEMPER_C_API int32_t temper_lora_adapter_merge(temper_lora_adapter* adapter);
 /** The inverse of merge (up to rounding); a no-op when not merged. */
 TEMPER_C_API int32_t temper_lora_adapter_unmerge(temper_lora_adapter* adapter);
 
+/** *merged = 1 while the adapter is folded into the base weights, else 0. */
 TEMPER_C_API int32_t temper_lora_adapter_is_merged(int32_t* merged, const temper_lora_adapter* adapter);
 
 /** Trainable parameter elements of the adapter. */
@@ -405,6 +410,7 @@ typedef struct temper_filter_options {
   double max_duplicate_line_fraction;   /**< default 0.30 */
 } temper_filter_options;
 
+/** Fills *options with the defaults (see "Options structs"). Thread-safe. */
 TEMPER_C_API int32_t temper_filter_options_default(temper_filter_options* options, size_t struct_size);
 
 typedef struct temper_source_options {
@@ -419,6 +425,7 @@ typedef struct temper_source_options {
   const temper_filter_options* filters;  /**< NULL (default) = default filters */
 } temper_source_options;
 
+/** Fills *options with the defaults (see "Options structs"); name stays NULL and must be set. Thread-safe. */
 TEMPER_C_API int32_t temper_source_options_default(temper_source_options* options, size_t struct_size);
 
 /**
@@ -448,7 +455,7 @@ TEMPER_C_API int32_t temper_source_create_records(temper_source** source, const 
  * records in the same order on every pass.
  */
 typedef struct temper_source_callbacks {
-  uint32_t struct_size;
+  uint32_t struct_size; /**< sizeof(temper_source_callbacks); zero the whole table first (memset or = {0}) */
   uint32_t reserved;   /**< must be 0 */
   void* user_data;     /**< passed to every callback */
   /**
@@ -525,6 +532,7 @@ typedef struct temper_data_mixer_options {
   size_t num_schedule_points;
 } temper_data_mixer_options;
 
+/** Fills *options with the defaults (see "Options structs"). Thread-safe. */
 TEMPER_C_API int32_t temper_data_mixer_options_default(temper_data_mixer_options* options, size_t struct_size);
 
 /**
@@ -559,6 +567,7 @@ TEMPER_C_API int32_t temper_data_mixer_restore_state(temper_data_mixer* mixer, c
 TEMPER_C_API int32_t temper_eval_set_create(temper_eval_set** eval_set, const char* name, temper_data_mixer* mixer,
                                             int64_t max_batches);
 
+/** The number of batches the set holds (at most its max_batches). */
 TEMPER_C_API int32_t temper_eval_set_num_batches(int64_t* count, const temper_eval_set* eval_set);
 
 /** NULL-safe; trainers created with the set hold their own copy. */
@@ -662,6 +671,7 @@ typedef struct temper_trainer_options {
   void* callback_user_data;                 /**< passed to on_step and on_eval */
 } temper_trainer_options;
 
+/** Fills *options with the defaults (see "Options structs"). Thread-safe. */
 TEMPER_C_API int32_t temper_trainer_options_default(temper_trainer_options* options, size_t struct_size);
 
 /**
