@@ -3,7 +3,7 @@
 # Usage: run.sh <dir of libtemper_c.so> <dir of temper.h> <work dir> <model dir> <text file>
 # Exits 77 (CTest: skipped) when go is missing.
 set -euo pipefail
-lib_dir=$1 include_dir=$2 work=$3 model=$4 text=$5
+lib_dir=$(realpath "$1") include_dir=$(realpath "$2") work=$(realpath -m "$3") model=$(realpath "$4") text=$(realpath "$5")
 if ! command -v go >/dev/null; then
   echo "go not found: the Go example is skipped (scripts/deps.sh installs golang-go)"
   exit 77
