@@ -165,7 +165,8 @@ absl::StatusOr<std::unique_ptr<HfRegex>> HfRegex::compile(std::string_view patte
   pcre2_compile_context* context = pcre2_compile_context_create(nullptr);
   if (context == nullptr) return absl::ResourceExhaustedError("pcre2: out of memory");
   pcre2_set_newline(context, PCRE2_NEWLINE_LF);
-  const uint32_t options = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : PCRE2_MULTILINE);
+  // (PCRE2_LITERAL admits no UCP, which a literal does not need.)
+  const uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP | PCRE2_MULTILINE);
   int error = 0;
   PCRE2_SIZE offset = 0;
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(), options, &error,

@@ -835,7 +835,8 @@ absl::Status HfTokenizer::pre_tokenize_and_model(std::string_view text, std::vec
   thread_local std::vector<Piece> current;
   thread_local std::vector<Piece> next;
   thread_local std::string mapped;
-  Arena arena;
+  thread_local Arena arena;  // per thread and reused: a fresh deque allocates on construction
+  arena.clear();
   current.clear();
   current.push_back(Piece{text});
   // A ByteLevel step that is the last one maps bytes while feeding the model (no copy per piece).

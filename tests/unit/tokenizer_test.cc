@@ -130,7 +130,9 @@ TEST_CASE("missing or corrupt tokenizer files get clear statuses", "[unit]") {
   TempDir dir;
   CHECK(load_tokenizer(dir.path()).status().code() == absl::StatusCode::kNotFound);
   CHECK(load_sentencepiece(dir / "none.model").status().code() == absl::StatusCode::kNotFound);
-  std::ofstream(dir / "tokenizer.json") << "{}";
+  std::ofstream(dir / "tokenizer.json") << "{}";  // no "model"
+  CHECK(load_tokenizer(dir.path()).status().code() == absl::StatusCode::kInvalidArgument);
+  std::ofstream(dir / "tokenizer.json") << "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}";
   CHECK(load_tokenizer(dir.path()).status().code() == absl::StatusCode::kUnimplemented);
   std::ofstream(dir / "tokenizer.model") << "definitely not a protobuf";
   CHECK(load_tokenizer(dir.path()).status().code() == absl::StatusCode::kInvalidArgument);
