@@ -434,7 +434,7 @@ TEST_CASE("QLoRA on bloom: NF4 base layers, generation and perplexity run", "[un
     INFO(name);
     REQUIRE(t.grad().defined());
   }
-  const auto& b = adapter->named_parameters()[1];  // lora_B starts at zero and is the one that gets a gradient
+  const auto b = adapter->named_parameters()[1];  // a copy (named_parameters() returns a temporary); lora_B starts at zero and is the one that gets a gradient
   CHECK(b.second.grad().abs().sum().item<double>() > 0.0);
 
   GenerationOptions gen;
