@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>  // at::NoGradGuard: libtorch 2.x no longer brings it with ATen.h
 
 #include "io/safetensors.hpp"
 #include "temper/batch.hpp"
