@@ -3,6 +3,8 @@
 // re-quantization report measures what merging an adapter and quantizing again costs.
 #include <fstream>
 
+#include <ATen/core/grad_mode.h>
+
 #include <nlohmann/json.hpp>
 
 #include "io/checkpoint.hpp"
