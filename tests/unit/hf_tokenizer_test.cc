@@ -364,3 +364,29 @@ TEST_CASE("tokenizer.json encoding is thread-safe (shared BPE cache)", "[unit]")
   CHECK(results[0] == serial);
   CHECK(results[1] == serial);
 }
+
+TEST_CASE("tokenizer.json handles long runs (one huge piece) and round-trips them", "[unit]") {
+  for (const std::string style : {"qwen2", "gpt2"}) {
+    auto tokenizer = load_tokenizer_json(fixtures_dir() / "tokenizers" / style / "tokenizer.json");
+    REQUIRE_OK(tokenizer);
+    const Tokenizer& t = **tokenizer;
+    // These fixture vocabularies have no "ĠĠ", "xx" or "ĊĊ": a run is one token per character.
+    REQUIRE(!t.piece_to_id("ĠĠ").has_value());
+    REQUIRE(!t.piece_to_id("xx").has_value());
+    REQUIRE(!t.piece_to_id("ĊĊ").has_value());
+    const size_t n = 1 << 20;
+    const std::vector<std::pair<std::string, std::vector<TokenId>>> runs = {
+        {std::string(n, ' '), std::vector<TokenId>(n, *t.piece_to_id("Ġ"))},
+        {std::string(n, 'x'), std::vector<TokenId>(n, *t.piece_to_id("x"))},
+    };
+    for (const auto& [text, want] : runs) CHECK(encode(t, text) == want);
+    std::vector<TokenId> newlines(1 << 16, *t.piece_to_id("Ċ"));
+    newlines.push_back(*t.piece_to_id("a"));
+    CHECK(encode(t, std::string(1 << 16, '\n') + "a") == newlines);
+    std::string chinese;
+    for (int i = 0; i < 20000; ++i) chinese += "患者";
+    auto decoded = t.decode(encode(t, chinese));
+    REQUIRE_OK(decoded);
+    CHECK(*decoded == chinese);
+  }
+}
