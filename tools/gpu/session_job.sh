@@ -5,6 +5,7 @@
 # run from the working tree.
 #   PART=fixtures  BLOOM + tokenizer fixtures (tools/fixtures), HF tokenizers' speed
 #   PART=build     build the snapshot, every test including [cuda]
+#   PART=tokbench  tokenizer.json encode speed, HF tokenizers and temper, single thread, same CPU
 #   PART=bench     nf4_bench, train_bench (LoRA vs QLoRA at 7B with checkpointing, LoRA at 1B)
 #                  beside the PEFT peer in the same call
 # PART may list several, comma-separated. Results go to $OUT (few files: logs are tarred).
@@ -31,7 +32,7 @@ if [[ $part == *,fixtures,* ]]; then
     tests/fixtures/parity/VERSIONS_bloom.json tests/fixtures/peft/bloom_lora tests/fixtures/tokenizers
 fi
 
-if [[ $part == *,build,* || $part == *,bench,* ]]; then
+if [[ $part == *,build,* || $part == *,bench,* || $part == *,tokbench,* ]]; then
   mkdir -p "$snap/.deps"
   [ "$snap" = "$root" ] || ln -sfn "$root/.deps/debs" "$snap/.deps/debs"
   if ! (. "$snap/tools/gpu/build.sh" > "$out/logs/build.log" 2>&1); then
@@ -45,6 +46,15 @@ if [[ $part == *,build,* ]]; then
   (cd "$snap" && build-gpu/tests/temper_tests -r compact > "$out/logs/tests.log" 2>&1; echo "tests exit $?")
   tail -3 "$out/logs/tests.log"; grep -B4 -A10 "FAILED\|failed:" "$out/logs/tests.log" | head -80
   (cd "$snap" && build-gpu/tests/temper_tests "[cuda]" -r compact 2>&1 | tail -2)
+fi
+
+if [[ $part == *,tokbench,* ]]; then
+  for i in 1 2; do  # twice each, interleaved: the machine's other work moves single-thread numbers
+    python3 tools/fixtures/make_tokenizer_fixtures.py --bench --corpora data/corpora --out tests/fixtures/tokenizers \
+      2>&1 | tee -a "$out/tokenizer_bench.jsonl"
+    "$snap/build-gpu/bench/tokenizer_bench" --fixtures "$snap/tests/fixtures/tokenizers" --corpora data/corpora \
+      --passes 3 2>&1 | tee -a "$out/tokenizer_bench.jsonl"
+  done
 fi
 
 if [[ $part == *,bench,* ]]; then
