@@ -16,12 +16,13 @@ namespace {
 
 absl::Status check_options(const LoraOptions& o) {
   if (o.rank < 1) return absl::InvalidArgumentError(str_cat("LoRA rank must be at least 1, got ", o.rank));
-  if (o.alpha && !(std::isfinite(*o.alpha) && *o.alpha > 0)) {
-    return absl::InvalidArgumentError(str_cat("LoRA alpha must be a positive number, got ", *o.alpha));
+  if (o.alpha && !(*o.alpha > 0 && *o.alpha <= kMaxLoraAlpha)) {
+    return absl::InvalidArgumentError(str_cat("LoRA alpha must be a positive number at most ", kMaxLoraAlpha, ", got ", *o.alpha));
   }
   for (const auto& [key, alpha] : o.alpha_pattern) {
-    if (!(std::isfinite(alpha) && alpha > 0)) {
-      return absl::InvalidArgumentError(str_cat("alpha_pattern[\"", key, "\"] must be a positive number, got ", alpha));
+    if (!(alpha > 0 && alpha <= kMaxLoraAlpha)) {
+      return absl::InvalidArgumentError(str_cat("alpha_pattern[\"", key, "\"] must be a positive number at most ",
+                                                kMaxLoraAlpha, ", got ", alpha));
     }
   }
   if (!(o.dropout >= 0.0 && o.dropout < 1.0)) {

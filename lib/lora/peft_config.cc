@@ -138,7 +138,10 @@ absl::StatusOr<PeftLoraConfig> parse_peft_lora_config(std::string_view json_text
   TEMPER_ASSIGN_OR_RETURN(config.r, json_int(obj, "r", source));
   if (config.r < 1) return invalid(source, str_cat("field \"r\" must be at least 1, found ", config.r));
   TEMPER_ASSIGN_OR_RETURN(config.lora_alpha, json_number(obj, "lora_alpha", source));
-  if (!std::isfinite(config.lora_alpha)) return invalid(source, "field \"lora_alpha\" must be finite");
+  if (!(std::abs(config.lora_alpha) <= kMaxLoraAlpha)) {
+    return invalid(source, str_cat("field \"lora_alpha\" must be a number of magnitude at most ", kMaxLoraAlpha,
+                                   ", found ", config.lora_alpha));
+  }
   TEMPER_ASSIGN_OR_RETURN(std::optional<double> dropout, json_optional_number(obj, "lora_dropout", source));
   config.lora_dropout = dropout.value_or(0.0);
   if (!(config.lora_dropout >= 0.0 && config.lora_dropout < 1.0)) {
@@ -163,6 +166,12 @@ absl::StatusOr<PeftLoraConfig> parse_peft_lora_config(std::string_view json_text
   TEMPER_RETURN_IF_ERROR(read_pattern(ordered, "alpha_pattern", source, config.alpha_pattern));
   for (const auto& [key, rank] : config.rank_pattern) {
     if (rank < 1) return invalid(source, str_cat("rank_pattern[\"", key, "\"] must be at least 1, found ", rank));
+  }
+  for (const auto& [key, alpha] : config.alpha_pattern) {
+    if (!(std::abs(alpha) <= kMaxLoraAlpha)) {
+      return invalid(source, str_cat("alpha_pattern[\"", key, "\"] must be a number of magnitude at most ", kMaxLoraAlpha,
+                                     ", found ", alpha));
+    }
   }
   TEMPER_ASSIGN_OR_RETURN(std::optional<std::string> base, json_optional_string(obj, "base_model_name_or_path", source));
   config.base_model_name_or_path = base.value_or("");

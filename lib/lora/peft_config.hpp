@@ -26,6 +26,11 @@ inline constexpr char kAdapterWeightsFile[] = "adapter_model.safetensors";
 // PEFT's tensor names are the module names inside PeftModel -> LoraModel -> the transformers model.
 inline constexpr char kPeftKeyPrefix[] = "base_model.model.";
 
+// The largest LoRA alpha temper accepts: fp16's largest value, so that the scale alpha / r (or
+// alpha / sqrt(r)) is representable in every adapter dtype; a larger one made libtorch throw when
+// scaling (found by fuzz_capi_options). Published configurations use alphas up to a few hundred.
+inline constexpr double kMaxLoraAlpha = 65504.0;
+
 struct PeftLoraConfig {
   int64_t r = 8;
   double lora_alpha = 8.0;

@@ -21,9 +21,16 @@ at::Tensor ids_tensor(const std::vector<TokenId>& ids, int64_t begin, int64_t co
 }
 
 // Picks the next token from logits [vocab] (fp32, CPU).
-TokenId pick(const at::Tensor& logits, const GenerationOptions& options, at::Generator& gen) {
+StatusOr<TokenId> pick(const at::Tensor& logits, const GenerationOptions& options, at::Generator& gen) {
+  if (!at::isfinite(logits).all().item<bool>()) {
+    return absl::FailedPreconditionError("generate: the model produced a NaN or infinite logit (non-finite weights?)");
+  }
   if (options.temperature <= 0.0) return static_cast<TokenId>(logits.argmax().item<int64_t>());
-  at::Tensor probs = at::softmax(logits / options.temperature, -1);
+  // In double (a float scalar would round a temperature below ~1e-45 to 0), with the maximum
+  // taken off first so that every scaled logit is <= 0: a tiny temperature sends the others to
+  // -inf (probability 0) instead of overflowing to inf - inf = NaN in the softmax.
+  const at::Tensor scaled = logits.to(at::kDouble);
+  at::Tensor probs = at::softmax((scaled - scaled.max()) / options.temperature, -1);
   if (options.top_p < 1.0) {
     auto [sorted, order] = probs.sort(/*dim=*/-1, /*descending=*/true);
     const at::Tensor before = sorted.cumsum(-1) - sorted;  // mass of strictly more likely tokens

@@ -140,6 +140,70 @@ def main() -> None:
         tokens = b"".join(struct.pack("<H" if width == 2 else "<I", t) for d in docs for t in d)
         write(out, "fuzz_token_shard", f"width-{width}", two_parts(index, tokens))
 
+    # bitsandbytes NF4 quant_state: the JSON, then a safetensors file with the state's tensors.
+    for shape, blocksize, nested in (([4, 8], 64, False), ([3, 40], 32, True), ([2, 300], 64, True), ([7], 64, False)):
+        n = 1
+        for d in shape:
+            n *= d
+        blocks = (n + blocksize - 1) // blocksize
+        meta = {"quant_type": "nf4", "blocksize": blocksize, "dtype": "bfloat16", "shape": shape}
+        levels = struct.pack("<16f", *[-1.0 + i * 2.0 / 15 for i in range(16)])
+        tensors = [("w.weight", "U8", [(n + 1) // 2, 1], bytes((i * 37) % 256 for i in range((n + 1) // 2))),
+                   ("w.weight.quant_map", "F32", [16], levels)]
+        if nested:
+            meta.update(nested_blocksize=256, nested_dtype="float32", nested_offset=0.25)
+            nested_blocks = (blocks + 255) // 256
+            tensors += [("w.weight.absmax", "U8", [blocks], bytes((i * 11) % 256 for i in range(blocks))),
+                        ("w.weight.nested_absmax", "F32", [nested_blocks], struct.pack(f"<{nested_blocks}f", *[0.5] * nested_blocks)),
+                        ("w.weight.nested_quant_map", "F32", [256], struct.pack("<256f", *[(i - 128) / 128 for i in range(256)]))]
+        else:
+            tensors.append(("w.weight.absmax", "F32", [blocks], struct.pack(f"<{blocks}f", *[1.0 + i for i in range(blocks)])))
+        name = f"nf4-{'x'.join(map(str, shape))}-b{blocksize}{'-dq' if nested else ''}"
+        write(out, "fuzz_quant_state", name, two_parts(json.dumps(meta).encode(), safetensors(tensors)))
+    # tokenizer.json: each fixture style (BLOOM, Qwen2, LLaMA-3, GPT-2) cut down to its first 400
+    # vocabulary entries and the merges among them (the fixtures are ~190 KB), and a hand-sized
+    # byte-level one; the text part mixes ASCII, accents, CJK, digits, added tokens, invalid UTF-8.
+    text = "Hello world, it's 2024!\n  naïve café 東京 <|im_start|> <s>\t end".encode() + b"\xff\xc3"
+    for style_dir in sorted((fixtures / "tokenizers").glob("*/tokenizer.json")):
+        doc = json.loads(style_dir.read_text())
+        model = doc["model"]
+        vocab = {k: v for k, v in model["vocab"].items() if v < 400}
+        merges = []
+        for m in model["merges"]:
+            a, b = m if isinstance(m, list) else m.split(" ", 1)
+            if a in vocab and b in vocab and a + b in vocab:
+                merges.append(m)
+        model["vocab"], model["merges"] = vocab, merges
+        doc["added_tokens"] = [t for t in doc.get("added_tokens", []) if t["id"] < 400 or t["special"]][:8]
+        write(out, "fuzz_tokenizer_json", f"fixture-{style_dir.parent.name}",
+              two_parts(json.dumps(doc, ensure_ascii=False).encode(), text))
+    tiny = {"version": "1.0",
+            "added_tokens": [{"id": 9, "content": "<s>", "special": True, "single_word": False, "lstrip": False,
+                              "rstrip": False, "normalized": False},
+                             {"id": 10, "content": "[M]", "special": False, "single_word": False, "lstrip": True,
+                              "rstrip": True, "normalized": False}],
+            "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Prepend", "prepend": "_"}]},
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+            "post_processor": {"type": "TemplateProcessing",
+                               "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                               "special_tokens": {"<s>": {"id": "<s>", "ids": [9], "tokens": ["<s>"]}}},
+            "decoder": {"type": "ByteLevel"},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "ignore_merges": False,
+                      "vocab": {"a": 0, "b": 1, "c": 2, "\u0120": 3, "ab": 4, "abc": 5, "\u0120a": 6, "bc": 7, "cab": 8},
+                      "merges": ["a b", "b c", "ab c", "\u0120 a"]}}
+    write(out, "fuzz_tokenizer_json", "tiny-byte-level", two_parts(json.dumps(tiny).encode(), b"abc cab [M] <s> ab\xff"))
+    plain = {"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "-": 2, "a-": 3, "-b": 4, "--": 6},
+                       "merges": ["a -", "- b", "- -"]},
+             "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "-+|[ab]+"}, "behavior": "Isolated", "invert": False}}
+    write(out, "fuzz_tokenizer_json", "plain-split", two_parts(json.dumps(plain).encode(), b"a-b--ab"))
+    # C ABI options: byte 0 = struct (0 model, 1 generation, 2 LoRA), struct_size, scalar fields.
+    model_fields = struct.pack("<5i", 0, 0, 0, 0, 0)
+    gen_fields = struct.pack("<Iqddq", 0, 4, 0.0, 1.0, 0) + bytes([0, 8])
+    lora_fields = struct.pack("<iqddii", 0, 4, 0.0, 0.0, 0, 0) + bytes([1, 0]) + struct.pack("<qii", 7, 0, 0)
+    for kind, size, fields in ((0, 24, model_fields), (1, 56, gen_fields), (2, 72, lora_fields)):
+        for variant, struct_size, tail in (("current", size, b""), ("older", 16, b""), ("newer-zero", size + 16, bytes(16)),
+                                           ("newer-set", size + 16, bytes(7) + b"\x01" + bytes(8))):
+            write(out, "fuzz_capi_options", f"kind{kind}-{variant}", bytes([kind]) + struct.pack("<I", struct_size) + fields + tail)
 
 if __name__ == "__main__":
     main()

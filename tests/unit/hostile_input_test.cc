@@ -11,6 +11,7 @@
 #include "lora/lora_targets.hpp"
 #include "model_support.hpp"
 #include "temper/config.hpp"
+#include "temper/generation.hpp"
 #include "temper/lora_adapter.hpp"
 #include "temper/nf4_quantizer.hpp"
 
@@ -196,4 +197,65 @@ TEST_CASE("a quant_state whose shape overflows or disagrees with its tensors is 
   set_json(R"({"quant_type":"nf4","blocksize":64,"dtype":"bfloat16","shape":[4,4]})");
   tensors["p.weight"] = at::zeros({8, 1}, at::kFloat);
   CHECK(Nf4Quantizer::from_tensors(lookup, "p").status().code() == absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("sampling with a vanishing or huge temperature stays a valid distribution", "[unit][reliability]") {
+  // Found by fuzz_capi_options: logits / 5e-324 overflowed to inf and the softmax gave NaN, which
+  // libtorch's multinomial refused (INTERNAL).
+  const ModelConfig config = tiny_config();
+  const Model model = tiny_model(config, 43);
+  GenerationOptions options;
+  options.max_new_tokens = 4;
+  options.stop_token_ids = {-1};
+  options.temperature = 0.0;
+  auto greedy = generate(model, {1, 5, 9}, options);
+  REQUIRE_OK(greedy);
+  for (double t : {5e-324, 1e-300}) {
+    options.temperature = t;
+    auto sampled = generate(model, {1, 5, 9}, options);
+    REQUIRE_OK(sampled);
+    CHECK(*sampled == *greedy);  // all mass on the most likely token
+  }
+  options.temperature = 1e300;
+  REQUIRE_OK(generate(model, {1, 5, 9}, options));
+  options.temperature = std::numeric_limits<double>::infinity();
+  REQUIRE_OK(generate(model, {1, 5, 9}, options));
+}
+
+TEST_CASE("a LoRA alpha whose scale no adapter dtype can hold is refused", "[unit][reliability]") {
+  // Found by fuzz_capi_options: alpha 1e300 passed the checks and made libtorch throw while
+  // scaling the DoRA magnitude (INTERNAL).
+  TempDir tmp;
+  const ModelConfig config = tiny_config();
+  Model model = tiny_model(config, 44);
+  for (double alpha : {1e300, 65505.0}) {
+    LoraOptions options;
+    options.rank = 2;
+    options.alpha = alpha;
+    options.use_dora = true;
+    const absl::Status status = LoraAdapter::create(model, options).status();
+    CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+    CHECK_THAT(message(status), Catch::Contains("at most 65504"));
+  }
+  LoraOptions largest;
+  largest.rank = 2;
+  largest.alpha = 65504.0;
+  auto adapter = LoraAdapter::create(model, largest);
+  REQUIRE_OK(adapter);
+  REQUIRE_OK(adapter->save(tmp / "good", "tiny"));
+  adapter->remove();
+  // The same bound for adapter_config.json's lora_alpha and alpha_pattern.
+  std::ifstream in(tmp / "good" / "adapter_config.json");
+  nlohmann::json cfg = nlohmann::json::parse(in);
+  for (const char* field : {"lora_alpha", "alpha_pattern"}) {
+    nlohmann::json bad = cfg;
+    if (std::string(field) == "lora_alpha") bad["lora_alpha"] = 1e300;
+    else bad["alpha_pattern"] = {{"q_proj", -1e300}};
+    std::filesystem::create_directories(tmp / field);
+    std::filesystem::copy_file(tmp / "good" / "adapter_model.safetensors", tmp / field / "adapter_model.safetensors");
+    std::ofstream(tmp / field / "adapter_config.json") << bad.dump();
+    const absl::Status status = LoraAdapter::load(model, tmp / field).status();
+    CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+    CHECK_THAT(message(status), Catch::Contains(field) && Catch::Contains("at most 65504"));
+  }
 }
