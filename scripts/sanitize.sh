@@ -61,7 +61,7 @@ if [ "${TEMPER_SANITIZE_SKIP_TESTS:-0}" != 1 ]; then
   step_done
 
   step "crash safety (SIGKILL during checkpoint writes) and resource failures"
-  (cd "$build" && ctest --output-on-failure -L reliability)
+  (cd "$build" && ctest --output-on-failure -V -L reliability | grep -E "^[0-9]+: (reference|[0-9]+ kills|FAIL)|tests passed|tests failed")
   step_done
 fi
 

@@ -17,6 +17,7 @@
 #include "ops/nf4_linear.hpp"
 #include "ops/rms_norm.hpp"
 #include "quant/bnb_checkpoint.hpp"
+#include "temper/runtime.hpp"
 #include "util/status_macros.hpp"
 #include "util/torch_errors.hpp"
 
@@ -37,6 +38,16 @@ absl::Status check_options(const ModelOptions& options) {
   if (options.dtype != at::kFloat && options.dtype != at::kBFloat16 && options.dtype != at::kHalf) {
     return absl::InvalidArgumentError(str_cat("model dtype must be float32, bfloat16 or float16, not ",
                                                    c10::toString(options.dtype)));
+  }
+  // Asked for a CUDA device this process does not have: a clear status rather than libtorch's
+  // exception from the first allocation (found by fuzz_capi_options on the CPU build).
+  if (options.device.is_cuda()) {
+    const int64_t devices = cuda_device_count();
+    const int64_t index = options.device.has_index() ? options.device.index() : 0;
+    if (index >= devices) {
+      return absl::FailedPreconditionError(str_cat("model device cuda:", index, " requested, but this process sees ",
+                                                   devices, " CUDA device(s)", devices == 0 ? " (CPU-only libtorch or no GPU)" : ""));
+    }
   }
   return absl::OkStatus();
 }

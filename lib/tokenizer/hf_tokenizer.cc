@@ -534,9 +534,9 @@ absl::Status parse_post_processor(const json& node, std::string_view source,
         if (specials != node.end() && specials->is_object() && specials->contains(name)) entry = &(*specials)[name];
         if (entry != nullptr && entry->contains("ids") && (*entry)["ids"].is_array()) {
           for (const json& id : (*entry)["ids"]) {
-            if (!id.is_number_integer()) {
+            if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
               return absl::InvalidArgumentError(str_cat(source, ": TemplateProcessing special token \"", name,
-                                                        "\" has a non-integer id ", json_preview(id)));
+                                                        "\" has an id that is not a token id: ", json_preview(id)));
             }
             ids.push_back(static_cast<TokenId>(id.get<int64_t>()));
           }
@@ -717,14 +717,15 @@ absl::StatusOr<std::unique_ptr<HfTokenizer>> HfTokenizer::load(const std::filesy
   TEMPER_RETURN_IF_ERROR(parse_post_processor(field("post_processor"), source,
                                               [raw](std::string_view piece) { return raw->piece_to_id(piece); },
                                               &tok->post_));
-  for (TokenId id : tok->post_.prefix) {
-    if (id < 0 || id >= tok->id_limit_) {
-      return absl::InvalidArgumentError(str_cat(source, ": post_processor id ", id, " is outside the vocabulary"));
-    }
-  }
-  for (TokenId id : tok->post_.suffix) {
-    if (id < 0 || id >= tok->id_limit_) {
-      return absl::InvalidArgumentError(str_cat(source, ": post_processor id ", id, " is outside the vocabulary"));
+  // Every id the post-processor adds must name a token, or encode_for_model would emit ids that
+  // decode refuses (an id inside the range can still be a gap; found by fuzz_tokenizer_json).
+  for (const std::vector<TokenId>* side : {&tok->post_.prefix, &tok->post_.suffix}) {
+    for (TokenId id : *side) {
+      const bool known = id >= 0 && id < tok->id_limit_ &&
+                         (tok->added_by_id_[id] >= 0 || tok->model_->id_to_token(id) != nullptr);
+      if (!known) {
+        return absl::InvalidArgumentError(str_cat(source, ": post_processor id ", id, " is not in the vocabulary"));
+      }
     }
   }
   // Special tokens temper's data pipeline uses; tokenizer_config.json (load_tokenizer) overrides.
