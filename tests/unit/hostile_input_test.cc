@@ -14,6 +14,8 @@
 #include "temper/generation.hpp"
 #include "temper/lora_adapter.hpp"
 #include "temper/nf4_quantizer.hpp"
+#include "temper/runtime.hpp"
+#include "temper/tokenizer.hpp"
 
 using namespace temper;
 using namespace temper::testing;
@@ -258,4 +260,49 @@ TEST_CASE("a LoRA alpha whose scale no adapter dtype can hold is refused", "[uni
     CHECK(status.code() == absl::StatusCode::kInvalidArgument);
     CHECK_THAT(message(status), Catch::Contains(field) && Catch::Contains("at most 65504"));
   }
+}
+
+TEST_CASE("a tokenizer.json post-processor id that names no token is refused at load", "[unit][reliability]") {
+  // Found by fuzz_tokenizer_json: id 9 lay inside the id range (added token 10 exists) but named
+  // no token, so encode_for_model emitted an id that decode refused.
+  TempDir dir;
+  nlohmann::json doc = {
+      {"added_tokens", nlohmann::json::array({{{"id", 10}, {"content", "[M]"}, {"special", true}}})},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single", nlohmann::json::array({{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                                          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+        {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {9}}, {"tokens", {"<s>"}}}}}}}},
+      {"model", {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", nlohmann::json::array()}}}};
+  for (const nlohmann::json& id : {nlohmann::json(9), nlohmann::json(4294967306LL), nlohmann::json(-1)}) {
+    doc["post_processor"]["special_tokens"]["<s>"]["ids"] = {id};
+    std::ofstream(dir / "tokenizer.json") << doc.dump();
+    const absl::Status status = load_tokenizer_json(dir / "tokenizer.json").status();
+    INFO(id.dump());
+    CHECK(status.code() == absl::StatusCode::kInvalidArgument);
+  }
+  doc["post_processor"]["special_tokens"]["<s>"]["ids"] = {10};
+  std::ofstream(dir / "tokenizer.json") << doc.dump();
+  auto tokenizer = load_tokenizer_json(dir / "tokenizer.json");
+  REQUIRE_OK(tokenizer);
+  auto ids = (*tokenizer)->encode_for_model("ab");
+  REQUIRE_OK(ids);
+  REQUIRE_OK((*tokenizer)->decode_with_special(*ids));
+}
+
+TEST_CASE("a model on a CUDA device the process lacks is FAILED_PRECONDITION", "[unit][reliability]") {
+  // Found by fuzz_capi_options: libtorch's exception from the first CUDA allocation was INTERNAL.
+  if (cuda_device_count() > 0) {
+    ModelOptions options;
+    options.device = at::Device(at::kCUDA, static_cast<at::DeviceIndex>(cuda_device_count()));
+    CHECK(Model::random(tiny_config(), options, 1).status().code() == absl::StatusCode::kFailedPrecondition);
+    return;
+  }
+  ModelOptions options;
+  options.device = at::kCUDA;
+  const absl::Status status = Model::random(tiny_config(), options, 1).status();
+  CHECK(status.code() == absl::StatusCode::kFailedPrecondition);
+  CHECK_THAT(message(status), Catch::Contains("cuda:0") && Catch::Contains("0 CUDA device"));
 }
