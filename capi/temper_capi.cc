@@ -13,6 +13,7 @@
 
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <new>
 #include <string>
@@ -668,7 +669,10 @@ int32_t temper_model_load(temper_model** model, const char* dir, const temper_mo
     if (!dtype.ok()) return fail(dtype.status());
     cpp.dtype = *dtype;
     if (c->device_type == TEMPER_DEVICE_CUDA) {
-      if (c->device_index < 0) return invalid(str_cat("temper_model_options.device_index is ", c->device_index));
+      // libtorch's device index is 8 bits: a larger one would wrap (found by fuzz_capi_options).
+      if (c->device_index < 0 || c->device_index > std::numeric_limits<c10::DeviceIndex>::max()) {
+        return invalid(str_cat("temper_model_options.device_index is ", c->device_index));
+      }
       cpp.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(c->device_index));
     } else if (c->device_type != TEMPER_DEVICE_CPU) {
       return invalid(str_cat("temper_model_options.device_type is ", c->device_type, "; use a temper_device_type value"));

@@ -44,7 +44,7 @@ absl::Status check_options(const ModelOptions& options) {
   if (options.device.is_cuda()) {
     const int64_t devices = cuda_device_count();
     const int64_t index = options.device.has_index() ? options.device.index() : 0;
-    if (index >= devices) {
+    if (index < 0 || index >= devices) {
       return absl::FailedPreconditionError(str_cat("model device cuda:", index, " requested, but this process sees ",
                                                    devices, " CUDA device(s)", devices == 0 ? " (CPU-only libtorch or no GPU)" : ""));
     }
