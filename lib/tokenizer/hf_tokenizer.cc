@@ -943,8 +943,15 @@ StatusOr<std::string> HfTokenizer::decode_impl(const std::vector<TokenId>& ids, 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> make_hf_tokenizer(const std::filesystem::path& path) {
-  TEMPER_ASSIGN_OR_RETURN(std::unique_ptr<HfTokenizer> tokenizer, HfTokenizer::load(path));
-  return std::unique_ptr<Tokenizer>(std::move(tokenizer));
+  // A field of an unexpected JSON type that a reader did not check first throws from nlohmann
+  // (found by fuzz_tokenizer_json: "type": 1 in the model); it is a malformed file, never a
+  // reason to terminate the host.
+  try {
+    TEMPER_ASSIGN_OR_RETURN(std::unique_ptr<HfTokenizer> tokenizer, HfTokenizer::load(path));
+    return std::unique_ptr<Tokenizer>(std::move(tokenizer));
+  } catch (const json::exception& e) {
+    return absl::InvalidArgumentError(str_cat(path.string(), ": malformed tokenizer.json (", e.what(), ")"));
+  }
 }
 
 }  // namespace temper

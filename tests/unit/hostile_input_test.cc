@@ -306,3 +306,22 @@ TEST_CASE("a model on a CUDA device the process lacks is FAILED_PRECONDITION", "
   CHECK(status.code() == absl::StatusCode::kFailedPrecondition);
   CHECK_THAT(message(status), Catch::Contains("cuda:0") && Catch::Contains("0 CUDA device"));
 }
+
+TEST_CASE("a tokenizer.json field of the wrong JSON type is INVALID_ARGUMENT, never an escaped exception",
+          "[unit][reliability]") {
+  // Found by fuzz_tokenizer_json: "type": 1 in the model threw nlohmann's type_error out of
+  // load_tokenizer_json, which terminates a host that does not catch it.
+  TempDir dir;
+  const nlohmann::json model = {{"type", "BPE"}, {"vocab", {{"a", 0}, {"b", 1}}}, {"merges", nlohmann::json::array()}};
+  for (const auto& [field, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"model", {{"type", 1}, {"vocab", {{"a", 0}}}, {"merges", nlohmann::json::array()}}},
+           {"pre_tokenizer", {{"type", 5}}},
+           {"normalizer", {{"type", nlohmann::json::array()}}},
+           {"decoder", {{"type", nullptr}}}}) {
+    nlohmann::json doc = {{"model", model}};
+    doc[field] = value;
+    std::ofstream(dir / "tokenizer.json") << doc.dump();
+    INFO(doc.dump());
+    CHECK(load_tokenizer_json(dir / "tokenizer.json").status().code() == absl::StatusCode::kInvalidArgument);
+  }
+}
