@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace temper::compat {
 namespace {
@@ -92,6 +93,29 @@ std::optional<std::string_view> safetensors_name(at::ScalarType type) {
 #endif
     default: return std::nullopt;
   }
+}
+
+bool fused_adamw_available(const at::Tensor& t) {
+#if TEMPER_TORCH_AT_LEAST(2, 0)
+  return t.defined() && t.is_cuda() && t.scalar_type() == at::kFloat;
+#else
+  return false;  // 1.13 has no fused AdamW kernel
+#endif
+}
+
+void fused_adamw(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                 const at::Tensor& step, double lr, double beta1, double beta2, double weight_decay, double eps) {
+#if TEMPER_TORCH_AT_LEAST(2, 0)
+  if (params.empty()) return;
+  // The kernel reads one step tensor per parameter; they all hold the same count, so one shared
+  // scalar serves every entry (it is only read).
+  const std::vector<at::Tensor> steps(params.size(), step);
+  at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/at::TensorList(), steps, lr, beta1,
+                    beta2, weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+#else
+  TORCH_CHECK(false, "compat::fused_adamw: this libtorch (", TORCH_VERSION_MAJOR, ".", TORCH_VERSION_MINOR,
+              ") has no fused AdamW kernel; check fused_adamw_available() first");
+#endif
 }
 
 }  // namespace temper::compat

@@ -29,4 +29,19 @@ std::optional<at::ScalarType> scalar_type_from_safetensors(std::string_view dtyp
 // The inverse; nullopt for dtypes safetensors cannot name.
 std::optional<std::string_view> safetensors_name(at::ScalarType type);
 
+// AdamW with decoupled weight decay over lists of tensors in torch's fused multi-tensor CUDA
+// kernel (at::_fused_adamw_, torch >= 2.0): a few launches for all tensors together instead of
+// about eight ATen kernels per tensor, which is what made full fine-tuning's optimizer step slow.
+// True when this libtorch has that kernel for `t`: a fp32 CUDA tensor.
+bool fused_adamw_available(const at::Tensor& t);
+
+// One AdamW step in place. params, grads, exp_avgs, exp_avg_sqs: lists of equal length whose
+// i-th tensors are fp32, non-overlapping and dense, on one CUDA device, with equal sizes and
+// strides. `step`: a fp32 scalar tensor on that device holding this step's 1-based number; the
+// kernel reads it for the bias corrections and does not change it. The rule is torch.optim.AdamW's
+// (= Optimizer's per-tensor path): p *= 1 - lr*wd; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
+// p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). Call only where fused_adamw_available().
+void fused_adamw(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                 const at::Tensor& step, double lr, double beta1, double beta2, double weight_decay, double eps);
+
 }  // namespace temper::compat

@@ -1,8 +1,10 @@
-#include <ATen/core/grad_mode.h>
 #include "train/optimizer.hpp"
+
+#include <ATen/core/grad_mode.h>
 
 #include <cmath>
 
+#include "ops/compat.hpp"
 #include "util/strings.hpp"
 
 namespace temper {
@@ -13,11 +15,53 @@ Optimizer::Optimizer(const OptimizerOptions& options, std::vector<OptimizedTenso
     exp_avg_.push_back(at::zeros_like(t.master));
     exp_avg_sq_.push_back(options_.kind == OptimizerKind::kAdamW ? at::zeros_like(t.master) : at::Tensor());
   }
+  fused_ = options_.kind == OptimizerKind::kAdamW && !tensors_.empty();
+  for (const auto& t : tensors_) {
+    fused_ = fused_ && compat::fused_adamw_available(t.master) && t.master.device() == tensors_[0].master.device() &&
+             t.master.is_non_overlapping_and_dense();
+  }
+  if (!fused_) return;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    // Without weight decay every tensor goes in one call.
+    FusedGroup& g = group_[tensors_[i].decay && options_.weight_decay != 0.0 ? 0 : 1];
+    g.index.push_back(i);
+    g.masters.push_back(tensors_[i].master);
+    g.exp_avg.push_back(exp_avg_[i]);
+    g.exp_avg_sq.push_back(exp_avg_sq_[i]);
+  }
+  step_count_ = at::zeros({}, tensors_[0].master.options());
+}
+
+bool Optimizer::step_fused(const std::vector<at::Tensor>& grads, double lr) {
+  // The kernel needs each gradient laid out as its master; the Trainer's are (fp32 copies or
+  // reductions of the parameters' gradients), but a caller's other layout takes the per-tensor path.
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    const at::Tensor& m = tensors_[i].master;
+    const at::Tensor& g = grads[i];
+    if (g.scalar_type() != at::kFloat || g.device() != m.device() || g.sizes() != m.sizes() ||
+        g.strides() != m.strides()) {
+      return false;
+    }
+  }
+  // Written on the device (no host sync) before the kernel reads it; load_state's step count thus
+  // reaches the kernel at the next step.
+  step_count_.fill_(static_cast<double>(steps_));
+  for (int k = 0; k < 2; ++k) {
+    const FusedGroup& group = group_[k];
+    if (group.index.empty()) continue;
+    std::vector<at::Tensor> group_grads;
+    group_grads.reserve(group.index.size());
+    for (size_t i : group.index) group_grads.push_back(grads[i]);
+    compat::fused_adamw(group.masters, group_grads, group.exp_avg, group.exp_avg_sq, step_count_, lr, options_.beta1,
+                        options_.beta2, k == 0 ? options_.weight_decay : 0.0, options_.eps);
+  }
+  return true;
 }
 
 void Optimizer::step(const std::vector<at::Tensor>& grads, double lr) {
   ++steps_;
   at::NoGradGuard no_grad;
+  if (fused_ && step_fused(grads, lr)) return;
   for (size_t i = 0; i < tensors_.size(); ++i) {
     at::Tensor& p = tensors_[i].master;
     const at::Tensor& g = grads[i];

@@ -1,7 +1,10 @@
 // AdamW and SGD with momentum over fp32 master tensors, written out so that their state is
 // ours to checkpoint and restore bit-exactly. The update rules follow torch.optim's
 // single-tensor implementations operation for operation (so a PyTorch run and a temper run
-// agree to rounding).
+// agree to rounding). When every tensor is a fp32 CUDA tensor of one device and this libtorch
+// has torch's fused multi-tensor AdamW kernel (compat::fused_adamw, torch >= 2.0), AdamW runs
+// through it instead: the same rule in a few launches for all tensors (torch.optim.AdamW with
+// fused=True); CPU tensors and libtorch 1.13 keep the per-tensor path.
 #pragma once
 
 #include <string>
@@ -42,6 +45,17 @@ class Optimizer {
   std::vector<at::Tensor> exp_avg_;     // AdamW first moment, or SGD momentum buffer
   std::vector<at::Tensor> exp_avg_sq_;  // AdamW second moment
   int64_t steps_ = 0;
+
+  // The fused AdamW path (see the top of this file). Tensors are grouped by whether weight decay
+  // applies, since the kernel takes one weight decay per call: group_[0] decays, group_[1] not.
+  bool step_fused(const std::vector<at::Tensor>& grads, double lr);
+  struct FusedGroup {
+    std::vector<size_t> index;  // positions in tensors_
+    std::vector<at::Tensor> masters, exp_avg, exp_avg_sq;
+  };
+  bool fused_ = false;
+  FusedGroup group_[2];
+  at::Tensor step_count_;  // [] fp32 on the tensors' device: steps_, which the kernel reads
 };
 
 // Learning-rate multiplier for the optimizer step with 0-based index `step`, as transformers'
