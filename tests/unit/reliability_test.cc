@@ -208,6 +208,24 @@ TEST_CASE("an unwritable output directory gives PERMISSION_DENIED and the traine
 
 TEST_CASE("running out of host memory on a step gives RESOURCE_EXHAUSTED and a smaller batch then trains exactly",
           "[unit][reliability]") {
+  // An address-space cap cannot stand for host memory running out in a process whose libtorch
+  // has CUDA: CUDA reserves large virtual ranges (at initialisation and for its allocators), so
+  // under RLIMIT_AS c10 fails fatally and aborts the whole test binary instead of throwing an
+  // out-of-memory error (seen with libtorch 2.11 on the GPU machine). TEMPER_WITH_CUDA is the
+  // build's "libtorch has CUDA" (cmake/TemperCuda.cmake), known at compile time, so the check does
+  // not depend on CUDA having been initialised; at::hasCUDA() covers a CUDA libtorch the build did
+  // not detect. The CPU build (CI) runs the case; the GPU machine has tests/cuda/oom_cuda_test.cc.
+  // Catch2 v2 has no SKIP: a warning and return.
+#ifdef TEMPER_WITH_CUDA
+  constexpr bool kTorchHasCuda = true;
+#else
+  constexpr bool kTorchHasCuda = false;
+#endif
+  if (kTorchHasCuda || at::hasCUDA()) {
+    WARN("skipped: libtorch has CUDA, whose reserved address space makes an RLIMIT_AS cap abort the process "
+         "instead of simulating host out-of-memory (the CUDA case is tests/cuda/oom_cuda_test.cc)");
+    return;
+  }
   const ModelConfig config = tiny_config();
   // A batch of 2^21 x 64 tokens as a stride-0 view (it costs nothing itself); its embeddings
   // alone would need 17 GB. Under ASan the allocator refuses it (max_allocation_size_mb in
