@@ -2,20 +2,34 @@
 // ../shared/baselines.md with random weights and random tokens, bf16. Prints one JSON line:
 // median step time over steps 3..N, tokens/s, peak allocated GPU memory, MFU.
 //
-//   train_bench --shape 1b --mode lora|qlora|full --batch 4 --seq 2048 --steps 6 [--ckpt]
+//   train_bench --shape 1b --mode lora|qlora|full --batch 4 --seq 2048 --steps 6 [--ckpt] [--profile]
 // qlora: the decoder blocks' linear weights in NF4 with double quantization (bitsandbytes'
 // defaults, blocksize 64), LoRA as in lora mode.
+// --profile: one extra step, the third, runs under the Kineto profiler (CPU + CUDA activities)
+// and is left out of the timing. Its device time is attributed to the innermost ATen op that
+// launched each kernel (the kernel's linked correlation id, as torch.profiler's tables do) and
+// printed before the summary line: the top 25 ops ({"bench":"profile",...}), the top 15 kernels
+// ({"bench":"profile_kernel",...}) and the step's wall time beside the device's busy time
+// ({"bench":"profile_summary",...}: a busy fraction well below 1 means launch overhead or host
+// syncs leave the GPU idle).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <map>
+#include <memory>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
+#include "ops/compat.hpp"
 #include "temper/lora_adapter.hpp"
 #include "temper/model.hpp"
 #include "temper/trainer.hpp"
@@ -69,6 +83,93 @@ bool flag(int argc, char** argv, const char* name) {
   return false;
 }
 
+std::string json_escape(const std::string& in, size_t max_chars) {
+  std::string out;
+  for (char c : in.substr(0, max_chars)) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += ' ';
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+namespace prof = torch::autograd::profiler;
+
+void start_profiler() {
+  const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+  const std::set<torch::profiler::impl::ActivityType> activities = {torch::profiler::impl::ActivityType::CPU,
+                                                                    torch::profiler::impl::ActivityType::CUDA};
+  prof::prepareProfiler(config, activities);
+  prof::enableProfiler(config, activities);
+}
+
+// Aggregates the profiled step's device events by launching op and by kernel; prints JSON lines.
+void report_profile(const prof::ProfilerResult& result, double step_wall_s) {
+  // CPU-side ATen ops by correlation id. CUDA runtime calls (cudaLaunchKernel, ...) are CPU
+  // events too, with CUPTI's own correlation ids and a link to their op: left out.
+  std::unordered_map<uint64_t, std::string> op_names;
+  for (const prof::KinetoEvent& e : result.events()) {
+    const std::string name = e.name();
+    if (e.deviceType() == c10::DeviceType::CPU && e.linkedCorrelationId() == 0 && e.correlationId() != 0 &&
+        name.rfind("cu", 0) != 0) {
+      op_names[e.correlationId()] = name;
+    }
+  }
+  struct Stat {
+    std::set<uint64_t> calls;  // distinct launching op invocations
+    int64_t kernels = 0;
+    double device_us = 0;
+  };
+  std::map<std::string, Stat> by_op, by_kernel;
+  double total_us = 0;
+  int64_t kernels = 0;
+  for (const prof::KinetoEvent& e : result.events()) {
+    if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    const double us = temper::compat::profiler_event_duration_us(e);
+    const uint64_t link = e.linkedCorrelationId();
+    const auto op = op_names.find(link);
+    Stat& s = by_op[op != op_names.end() ? op->second : "(no op) " + e.name()];
+    s.calls.insert(link);
+    s.kernels += 1;
+    s.device_us += us;
+    Stat& k = by_kernel[e.name()];
+    k.kernels += 1;
+    k.device_us += us;
+    total_us += us;
+    kernels += 1;
+  }
+  auto top = [](const std::map<std::string, Stat>& stats, size_t n) {
+    std::vector<std::pair<std::string, const Stat*>> v;
+    for (const auto& [name, s] : stats) v.emplace_back(name, &s);
+    std::sort(v.begin(), v.end(),
+              [](const auto& a, const auto& b) { return a.second->device_us > b.second->device_us; });
+    if (v.size() > n) v.resize(n);
+    return v;
+  };
+  for (const auto& [name, s] : top(by_op, 25)) {
+    std::printf("{\"bench\":\"profile\",\"op\":\"%s\",\"calls\":%zu,\"kernels\":%lld,\"device_ms\":%.3f,"
+                "\"share\":%.4f}\n",
+                json_escape(name, 200).c_str(), s->calls.size(), static_cast<long long>(s->kernels),
+                s->device_us / 1e3, total_us > 0 ? s->device_us / total_us : 0.0);
+  }
+  for (const auto& [name, s] : top(by_kernel, 15)) {
+    std::printf("{\"bench\":\"profile_kernel\",\"kernel\":\"%s\",\"calls\":%lld,\"device_ms\":%.3f,"
+                "\"share\":%.4f}\n",
+                json_escape(name, 160).c_str(), static_cast<long long>(s->kernels), s->device_us / 1e3,
+                total_us > 0 ? s->device_us / total_us : 0.0);
+  }
+  std::printf("{\"bench\":\"profile_summary\",\"step_wall_ms\":%.3f,\"device_ms\":%.3f,\"device_busy_fraction\":%.3f,"
+              "\"kernels\":%lld,\"ops_with_kernels\":%zu}\n",
+              step_wall_s * 1e3, total_us / 1e3, step_wall_s > 0 ? total_us / 1e3 / (step_wall_s * 1e3) : 0.0,
+              static_cast<long long>(kernels), by_op.size());
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -76,8 +177,11 @@ int main(int argc, char** argv) {
   const std::string mode = arg(argc, argv, "--mode", "lora");
   const int64_t batch = std::stoll(arg(argc, argv, "--batch", "4"));
   const int64_t seq = std::stoll(arg(argc, argv, "--seq", "2048"));
-  const int64_t steps = std::stoll(arg(argc, argv, "--steps", "6"));
   const bool ckpt = flag(argc, argv, "--ckpt");
+  const bool profile = flag(argc, argv, "--profile");
+  // Steps before the profiled one (and before the timed ones): allocator, cuBLAS and CUPTI warm-up.
+  constexpr size_t kWarmup = 2;
+  const int64_t steps = std::stoll(arg(argc, argv, "--steps", "6")) + (profile ? 1 : 0);
 
   const temper::ModelConfig config = shape(shape_name);
   temper::ModelOptions model_options;
@@ -108,11 +212,27 @@ int main(int argc, char** argv) {
   options.gradient_checkpointing = ckpt;
   std::vector<double> times;
   auto last = std::chrono::steady_clock::now();
+  bool profiling = false;
+  int exit_code = 0;
   options.on_step = [&](const temper::StepMetrics&) {
     cudaDeviceSynchronize();
-    const auto now = std::chrono::steady_clock::now();
-    times.push_back(std::chrono::duration<double>(now - last).count());
-    last = now;
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - last).count());
+    // The profiler works on this thread's ops (autograd's device threads inherit its state).
+    try {
+      if (profile && times.size() == kWarmup) {
+        start_profiler();
+        profiling = true;
+      } else if (profiling) {
+        profiling = false;
+        const std::unique_ptr<prof::ProfilerResult> result = prof::disableProfiler();
+        report_profile(*result, times.back());
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "train_bench --profile: %s\n", e.what());
+      profiling = false;
+      exit_code = 1;
+    }
+    last = std::chrono::steady_clock::now();  // profiler start/stop and the report stay out of the timing
   };
   auto trainer = temper::Trainer::create(*model, data, options, adapter ? &*adapter : nullptr);
   if (!trainer.ok()) {
@@ -129,7 +249,11 @@ int main(int argc, char** argv) {
   }
   const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
   const double peak_gib = static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
-  std::vector<double> timed(times.begin() + std::min<size_t>(2, times.size()), times.end());
+  // Steps after the warm-up, less the profiled one (index kWarmup) when --profile.
+  std::vector<double> timed;
+  for (size_t i = kWarmup; i < times.size(); ++i) {
+    if (!(profile && i == kWarmup)) timed.push_back(times[i]);
+  }
   std::sort(timed.begin(), timed.end());
   const double median = timed.empty() ? 0.0 : timed[timed.size() / 2];
   const double tokens_per_s = median > 0 ? static_cast<double>(batch * seq) / median : 0.0;
@@ -143,5 +267,5 @@ int main(int argc, char** argv) {
               "\"peak_gib\":%.2f,\"mfu_vs_790tflops\":%.3f}\n",
               prop.name, shape_name.c_str(), mode.c_str(), static_cast<long long>(batch), static_cast<long long>(seq),
               ckpt ? "true" : "false", median, tokens_per_s, peak_gib, tokens_per_s * flops_per_token / 790e12);
-  return 0;
+  return exit_code;
 }

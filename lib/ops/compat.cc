@@ -4,6 +4,8 @@
 #include <limits>
 #include <vector>
 
+#include <torch/csrc/autograd/profiler_kineto.h>
+
 namespace temper::compat {
 namespace {
 
@@ -115,6 +117,14 @@ void fused_adamw(at::TensorList params, at::TensorList grads, at::TensorList exp
 #else
   TORCH_CHECK(false, "compat::fused_adamw: this libtorch (", TORCH_VERSION_MAJOR, ".", TORCH_VERSION_MINOR,
               ") has no fused AdamW kernel; check fused_adamw_available() first");
+#endif
+}
+
+double profiler_event_duration_us(const torch::autograd::profiler::KinetoEvent& event) {
+#if TEMPER_TORCH_AT_LEAST(2, 1)
+  return static_cast<double>(event.durationNs()) / 1e3;
+#else
+  return static_cast<double>(event.durationUs());
 #endif
 }
 

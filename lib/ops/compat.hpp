@@ -12,6 +12,10 @@
 #define TEMPER_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
+namespace torch::autograd::profiler {
+struct KinetoEvent;
+}  // namespace torch::autograd::profiler
+
 namespace temper::compat {
 
 // Scaled dot-product attention over q [B, Hq, Tq, D], k/v [B, Hkv, Tk, D] (Hq a multiple of Hkv,
@@ -43,5 +47,9 @@ bool fused_adamw_available(const at::Tensor& t);
 // p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). Call only where fused_adamw_available().
 void fused_adamw(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                  const at::Tensor& step, double lr, double beta1, double beta2, double weight_decay, double eps);
+
+// Duration of a Kineto profiler event (an op on the host, a kernel or copy on the device) in
+// microseconds: KinetoEvent::durationUs() in 1.13, durationNs() since 2.1.
+double profiler_event_duration_us(const torch::autograd::profiler::KinetoEvent& event);
 
 }  // namespace temper::compat
