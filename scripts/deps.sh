@@ -17,7 +17,7 @@ packages=(
   libtorch-dev libopenblas0-pthread
   libabsl-dev libfmt-dev catch2 nlohmann-json3-dev
   protobuf-compiler libprotobuf-dev dpkg-dev
-  sentencepiece libutf8proc-dev libxxhash-dev libpcre2-dev python3
+  sentencepiece libutf8proc-dev libxxhash-dev libpcre2-dev python3 libgloo-dev
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -20,6 +20,7 @@
 
 #include "temper/api.hpp"
 #include "temper/batch.hpp"
+#include "temper/distributed.hpp"
 #include "temper/model.hpp"
 #include "temper/status.hpp"
 
@@ -104,6 +105,21 @@ struct TrainerOptions {
   int64_t checkpoint_every = 0;            // steps; 0 = only at the end (when a dir is set)
   int64_t keep_last_checkpoints = 2;
   std::filesystem::path metrics_jsonl;     // empty = none; one JSON object per step/eval appended
+
+  // Data parallelism (temper/distributed.hpp). Null, or a communicator of a world of one: a
+  // single process, and no collective is ever made. Otherwise every rank must be given the
+  // same model, adapter, options and an identical BatchSource: each global batch is split by
+  // rows between the ranks (rank r takes the r-th of world_size near-equal slices), so the ranks
+  // see disjoint data, the mixing ratios hold globally, and the run computes the same
+  // token-normalised loss and gradient as one process would on the whole batch. Metrics are
+  // global (every rank's on_step sees the same values); rank 0 alone writes metrics_jsonl and
+  // checkpoints, which every rank can resume, with any world size.
+  std::shared_ptr<Communicator> communicator;
+  // ZeRO-1: each rank keeps the fp32 masters and optimizer moments of ~1/world_size of the
+  // trained tensors and updates only those, then sends them to the others.
+  bool shard_optimizer_state = false;
+  // Gradients are all-reduced in buckets of this many fp32 bytes while the backward runs.
+  int64_t gradient_bucket_bytes = int64_t{25} << 20;
 
   // Progress and control; called on the training thread between steps.
   std::function<void(const StepMetrics&)> on_step;

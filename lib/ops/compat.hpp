@@ -12,11 +12,25 @@
 #define TEMPER_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
+namespace c10d {
+class ProcessGroup;
+class Backend;
+}  // namespace c10d
+
 namespace torch::autograd::profiler {
 struct KinetoEvent;
 }  // namespace torch::autograd::profiler
 
 namespace temper::compat {
+
+// The c10d class whose collectives temper calls on a Gloo or NCCL group: torch 2.x splits the
+// group into ProcessGroup (front) and Backend (ProcessGroupGloo/NCCL derive from it); in 1.13
+// ProcessGroupGloo/NCCL derive from ProcessGroup itself. Both have the same allreduce/broadcast.
+#if TEMPER_TORCH_AT_LEAST(2, 0)
+using C10dGroup = c10d::Backend;
+#else
+using C10dGroup = c10d::ProcessGroup;
+#endif
 
 // Scaled dot-product attention over q [B, Hq, Tq, D], k/v [B, Hkv, Tk, D] (Hq a multiple of Hkv,
 // grouped-query attention), any float dtype. `mask` is an optional boolean broadcastable to [B, Hq, Tq, Tk]

@@ -11,7 +11,10 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
 #include <nlohmann/json.hpp>
+#include <xxhash.h>
 
+#include "dist/gradient_reducer.hpp"
+#include "dist/optimizer_shards.hpp"
 #include "io/atomic_file.hpp"
 #include "io/json_file.hpp"
 #include "io/read_file.hpp"
@@ -46,6 +49,30 @@ bool takes_weight_decay(const std::string& name, const at::Tensor& t) {
 
 std::string checkpoint_name(int64_t step) { return fmt::format("{}{:06d}", kCheckpointPrefix, step); }
 
+// Rank `rank`'s rows of a global batch: the rank-th of `world` near-equal consecutive slices (the
+// first batch_size % world ranks take one row more). May be empty.
+Batch rows_of_rank(const Batch& batch, int rank, int world) {
+  if (world <= 1) return batch;
+  const int64_t rows = batch.input_ids.size(0);
+  const int64_t base = rows / world;
+  const int64_t extra = rows % world;
+  const int64_t begin = rank * base + std::min<int64_t>(rank, extra);
+  const int64_t count = base + (rank < extra ? 1 : 0);
+  auto slice = [&](const at::Tensor& t) { return t.defined() ? t.narrow(0, begin, count) : t; };
+  return Batch{slice(batch.input_ids), slice(batch.labels), slice(batch.position_ids), slice(batch.segment_ids)};
+}
+
+// 52 bits of a hash of a batch's token ids: exact in a double, for checking that every rank drew
+// the same global batch.
+double batch_fingerprint(const std::vector<Batch>& batches) {
+  XXH64_hash_t h = 0;
+  for (const Batch& b : batches) {
+    const at::Tensor ids = b.input_ids.to(at::kCPU, at::kLong).contiguous();
+    h = XXH3_64bits_withSeed(ids.data_ptr(), static_cast<size_t>(ids.numel()) * sizeof(int64_t), h);
+  }
+  return static_cast<double>(h & ((uint64_t{1} << 52) - 1));
+}
+
 nlohmann::json model_fingerprint(const ModelConfig& c) {
   return {{"model_type", c.model_type}, {"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
           {"num_layers", c.num_layers}, {"num_attention_heads", c.num_attention_heads},
@@ -61,9 +88,19 @@ struct Trainer::Impl {
   TrainerOptions options;
 
   // The tensors that train: the model's (or adapter's) own, and their fp32 masters (the same
-  // tensor when it already is fp32).
+  // tensor when it already is fp32), for the tensors this rank updates: all of them, or its
+  // shard under shard_optimizer_state (owned[j] is the index in `trainable` of the optimizer's
+  // tensor j).
   std::vector<std::pair<std::string, at::Tensor>> trainable;
   std::unique_ptr<Optimizer> optimizer;
+  std::vector<size_t> owned;
+  std::vector<int> owner;  // per trainable tensor: the rank that updates it
+
+  // Data parallelism; all null/0 on a single process.
+  Communicator* comm = nullptr;  // set only for a world of more than one
+  std::unique_ptr<GradientReducer> reducer;
+  int rank = 0;
+  int world = 1;
 
   int64_t step = 0;
   int64_t skipped = 0;
@@ -86,17 +123,47 @@ struct Trainer::Impl {
   }
 
   void append_metrics(const nlohmann::json& record) const {
-    if (options.metrics_jsonl.empty()) return;
+    if (options.metrics_jsonl.empty() || rank != 0) return;
     std::ofstream out(options.metrics_jsonl, std::ios::app);
     out << record.dump() << "\n";
   }
 
   void copy_masters_to_params() {
     at::NoGradGuard no_grad;
-    for (size_t i = 0; i < trainable.size(); ++i) {
-      const at::Tensor& master = optimizer->tensors()[i].master;
-      if (!trainable[i].second.is_same(master)) trainable[i].second.copy_(master);
+    for (size_t j = 0; j < owned.size(); ++j) {
+      const at::Tensor& master = optimizer->tensors()[j].master;
+      at::Tensor& param = trainable[owned[j]].second;
+      if (!param.is_same(master)) param.copy_(master);
     }
+  }
+
+  // After the owners updated their tensors: every rank gets every tensor's new value.
+  Status share_updated_params() {
+    if (comm == nullptr || !options.shard_optimizer_state) return absl::OkStatus();
+    std::vector<at::Tensor> params;
+    for (auto& [name, p] : trainable) params.push_back(p);
+    return broadcast_from_owners(*comm, params, owner);
+  }
+
+  // Makes every rank answer alike for an operation each did locally (saving on rank 0, resuming
+  // everywhere): when any rank failed, the others fail too instead of stepping into a collective
+  // that the failed one will never join.
+  Status agree(const Status& local, const std::string& what) {
+    if (comm == nullptr) return local;
+    const at::TensorOptions f64 = at::TensorOptions().dtype(at::kDouble).device(comm->device());
+    at::Tensor failed = at::zeros({world}, f64);
+    if (!local.ok()) failed[rank] = static_cast<double>(static_cast<int>(local.code()));
+    TEMPER_RETURN_IF_ERROR(comm->all_reduce_sum(failed));
+    if (!local.ok()) return local;
+    const at::Tensor cpu = failed.cpu();
+    for (int r = 0; r < world; ++r) {
+      const int code = static_cast<int>(cpu[r].item<double>());
+      if (code != 0) {
+        return Status(static_cast<absl::StatusCode>(code),
+                      str_cat(what, " failed on rank ", r, " of ", world, " (its own status says why)"));
+      }
+    }
+    return absl::OkStatus();
   }
 
   nlohmann::json run_fingerprint() const {
@@ -110,6 +177,8 @@ struct Trainer::Impl {
 
   StatusOr<StepMetrics> step_once();
   StatusOr<EvalMetrics> evaluate_all();
+  Status save(const std::filesystem::path& dir);
+  Status resume_from(const std::filesystem::path& dir);
 };
 
 Trainer::Trainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -178,16 +247,48 @@ StatusOr<Trainer> Trainer::create(Model& model, BatchSource& data, const Trainer
       }
     }
     if (impl->trainable.empty()) return absl::InvalidArgumentError("Trainer: nothing to train");
-    std::vector<OptimizedTensor> optimized;
     for (auto& [name, p] : impl->trainable) {
       if (!at::isFloatingType(p.scalar_type())) {
         return absl::InvalidArgumentError(str_cat("Trainer: ", name, " is not a floating-point tensor"));
       }
+    }
+    if (options.communicator != nullptr && options.communicator->world_size() > 1) {
+      Communicator& comm = *options.communicator;
+      for (auto& [name, p] : impl->trainable) {
+        if (p.device() != comm.device()) {
+          return absl::InvalidArgumentError(str_cat("Trainer: ", name, " is on ", p.device().str(),
+                                                    " but the communicator's device is ", comm.device().str()));
+        }
+      }
+      if (options.gradient_bucket_bytes < 1) {
+        return absl::InvalidArgumentError("Trainer: gradient_bucket_bytes must be >= 1");
+      }
+      impl->comm = &comm;
+      impl->rank = comm.rank();
+      impl->world = comm.world_size();
+      // Every rank starts from rank 0's values (as DDP does): a differently seeded adapter or
+      // model elsewhere would otherwise drift apart silently.
+      std::vector<at::Tensor> params;
+      for (auto& [name, p] : impl->trainable) params.push_back(p.detach());
+      TEMPER_RETURN_IF_ERROR(broadcast_from_owners(comm, params, std::vector<int>(params.size(), 0)));
+    }
+    std::vector<int64_t> numels;
+    for (auto& [name, p] : impl->trainable) numels.push_back(p.numel());
+    impl->owner = options.shard_optimizer_state && impl->world > 1 ? partition_by_size(numels, impl->world)
+                                                                   : std::vector<int>(numels.size(), impl->rank);
+    std::vector<OptimizedTensor> optimized;
+    for (size_t i = 0; i < impl->trainable.size(); ++i) {
+      auto& [name, p] = impl->trainable[i];
       p.requires_grad_(true);
+      if (impl->owner[i] != impl->rank) continue;
       at::Tensor master = p.scalar_type() == at::kFloat ? p : p.detach().to(at::kFloat).clone();
       optimized.push_back({name, master, takes_weight_decay(name, p)});
+      impl->owned.push_back(i);
     }
     impl->optimizer = std::make_unique<Optimizer>(options.optimizer, std::move(optimized));
+    if (impl->comm != nullptr) {
+      impl->reducer = std::make_unique<GradientReducer>(*impl->comm, impl->trainable, options.gradient_bucket_bytes);
+    }
     model.impl().gradient_checkpointing = options.gradient_checkpointing;
     return Trainer(std::move(impl));
   });
@@ -218,19 +319,51 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
   for (auto& [name, p] : trainable) p.mutable_grad() = at::Tensor();
   if (adapter != nullptr) adapter->set_training(true);  // dropout on while training only
   double loss_sum = 0.0;
-  for (const Batch& batch : micro) {
+  for (size_t m = 0; m < micro.size(); ++m) {
+    const Batch batch = rows_of_rank(micro[m], rank, world);
+    if (reducer != nullptr && m + 1 == micro.size()) reducer->arm();
+    if (batch.input_ids.size(0) == 0) continue;  // more ranks than rows: this rank only reduces
     ForwardInput input;
     input.input_ids = batch.input_ids;
     input.labels = batch.labels;
     input.position_ids = batch.position_ids;
     input.segment_ids = batch.segment_ids;
     input.return_logits = false;  // the loss only: no [B, T, vocab] logits (the largest activation)
-    TEMPER_ASSIGN_OR_RETURN(ForwardOutput out, model->forward(input));
-    TEMPER_RETURN_IF_ERROR(guarded("backward", [&]() -> absl::Status {
-      (out.loss_sum / static_cast<double>(tokens)).backward();
-      return absl::OkStatus();
-    }));
-    loss_sum += out.loss_sum.item<double>();
+    absl::StatusOr<ForwardOutput> out = model->forward(input);
+    absl::Status backward = out.status();
+    if (out.ok()) {
+      backward = guarded("backward", [&]() -> absl::Status {
+        (out->loss_sum / static_cast<double>(tokens)).backward();
+        return absl::OkStatus();
+      });
+    }
+    if (!backward.ok()) {
+      if (reducer != nullptr) reducer->reset();
+      for (auto& [name, p] : trainable) p.mutable_grad() = at::Tensor();
+      return backward;
+    }
+    loss_sum += out->loss_sum.item<double>();
+  }
+  std::vector<at::Tensor> reduced;  // fp32 gradients summed over ranks (a world of more than one)
+  if (reducer != nullptr) {
+    TEMPER_ASSIGN_OR_RETURN(reduced, reducer->finish());
+    // The loss, and a fingerprint of the global batch each rank drew: ranks given different data
+    // would train on a mixture nobody asked for.
+    at::Tensor totals = at::zeros({1 + world}, at::TensorOptions().dtype(at::kDouble).device(comm->device()));
+    totals[0] = loss_sum;
+    totals[1 + rank] = batch_fingerprint(micro);
+    TEMPER_RETURN_IF_ERROR(comm->all_reduce_sum(totals));
+    const at::Tensor cpu = totals.cpu();
+    loss_sum = cpu[0].item<double>();
+    for (int r = 1; r < world; ++r) {
+      if (cpu[1 + r].item<double>() != cpu[1].item<double>()) {
+        for (auto& [name, p] : trainable) p.mutable_grad() = at::Tensor();
+        return absl::FailedPreconditionError(str_cat(
+            "Trainer: at step ", step + 1, " rank ", r, " drew another global batch than rank 0: every rank must be "
+            "given an identical data source (same files, options, seed and position); the Trainer splits each batch "
+            "between the ranks itself"));
+      }
+    }
   }
 
   StepMetrics metrics;
@@ -238,8 +371,11 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
     at::NoGradGuard no_grad;
     std::vector<at::Tensor> grads;
     std::vector<at::Tensor> norms;
-    for (auto& [name, p] : trainable) {
-      at::Tensor g = p.grad().defined() ? p.grad().to(at::kFloat) : at::zeros(p.sizes(), p.options().dtype(at::kFloat));
+    for (size_t i = 0; i < trainable.size(); ++i) {
+      const at::Tensor& p = trainable[i].second;
+      at::Tensor g = !reduced.empty()       ? reduced[i]
+                     : p.grad().defined() ? p.grad().to(at::kFloat)
+                                          : at::zeros(p.sizes(), p.options().dtype(at::kFloat));
       norms.push_back(g.norm());
       grads.push_back(std::move(g));
     }
@@ -254,13 +390,15 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
       metrics.skipped = true;
       return absl::OkStatus();
     }
+    std::vector<at::Tensor> owned_grads;
+    for (size_t i : owned) owned_grads.push_back(grads[i]);
     if (options.max_grad_norm > 0) {
       const double coef = std::min(1.0, options.max_grad_norm / (grad_norm + 1e-6));
-      for (at::Tensor& g : grads) g.mul_(coef);
+      for (at::Tensor& g : owned_grads) g.mul_(coef);
     }
-    optimizer->step(grads, metrics.lr);
+    optimizer->step(owned_grads, metrics.lr);
     copy_masters_to_params();
-    return absl::OkStatus();
+    return share_updated_params();
   }));
   for (auto& [name, p] : trainable) p.mutable_grad() = at::Tensor();
 
@@ -299,7 +437,9 @@ StatusOr<EvalMetrics> Trainer::Impl::evaluate_all() {
   for (const EvalSet& set : options.eval_sets) {
     double nll = 0.0;
     int64_t tokens = 0;
-    for (const Batch& batch : set.batches) {
+    for (const Batch& global_batch : set.batches) {
+      const Batch batch = rows_of_rank(global_batch, rank, world);
+      if (batch.input_ids.size(0) == 0) continue;
       ForwardInput input;
       input.input_ids = batch.input_ids;
       input.labels = batch.labels;
@@ -309,6 +449,13 @@ StatusOr<EvalMetrics> Trainer::Impl::evaluate_all() {
       TEMPER_ASSIGN_OR_RETURN(ForwardOutput out, model->forward(input));
       nll += out.loss_sum.item<double>();
       tokens += out.num_tokens;
+    }
+    if (comm != nullptr) {
+      at::Tensor totals = at::tensor({nll, static_cast<double>(tokens)}, at::TensorOptions().dtype(at::kDouble)).to(comm->device());
+      TEMPER_RETURN_IF_ERROR(comm->all_reduce_sum(totals));
+      const at::Tensor cpu = totals.cpu();
+      nll = cpu[0].item<double>();
+      tokens = static_cast<int64_t>(cpu[1].item<double>());
     }
     if (tokens == 0) {
       return absl::InvalidArgumentError(str_cat("Trainer: eval set \"", set.name, "\" scores no token"));
@@ -390,14 +537,18 @@ StatusOr<TrainResult> Trainer::train() {
     }
     if (!o.checkpoint_dir.empty() && o.checkpoint_every > 0 && s.step % o.checkpoint_every == 0) {
       TEMPER_RETURN_IF_ERROR(save_checkpoint(o.checkpoint_dir / checkpoint_name(s.step)));
-      TEMPER_RETURN_IF_ERROR(prune_checkpoints(o.checkpoint_dir, kCheckpointPrefix, o.keep_last_checkpoints));
+      TEMPER_RETURN_IF_ERROR(s.agree(s.rank == 0 ? prune_checkpoints(o.checkpoint_dir, kCheckpointPrefix, o.keep_last_checkpoints)
+                                              : absl::OkStatus(),
+                                  "pruning old checkpoints"));
     }
     if (result.stop_reason == "early_stopping") break;
   }
   if (evaluating && !evaluated_last) TEMPER_RETURN_IF_ERROR(s.evaluate_all().status());
   if (!o.checkpoint_dir.empty() && (o.checkpoint_every == 0 || s.step % o.checkpoint_every != 0)) {
     TEMPER_RETURN_IF_ERROR(save_checkpoint(o.checkpoint_dir / checkpoint_name(s.step)));
-    TEMPER_RETURN_IF_ERROR(prune_checkpoints(o.checkpoint_dir, kCheckpointPrefix, o.keep_last_checkpoints));
+    TEMPER_RETURN_IF_ERROR(s.agree(s.rank == 0 ? prune_checkpoints(o.checkpoint_dir, kCheckpointPrefix, o.keep_last_checkpoints)
+                                              : absl::OkStatus(),
+                                  "pruning old checkpoints"));
   }
   if (s.adapter != nullptr) s.adapter->set_training(false);
   result.steps = s.step;
@@ -406,38 +557,77 @@ StatusOr<TrainResult> Trainer::train() {
   return result;
 }
 
-Status Trainer::save_checkpoint(const std::filesystem::path& dir) {
-  Impl& s = *impl_;
-  return guarded(str_cat("saving checkpoint ", dir.string()), [&]() -> Status {
-    NamedTensors trainable;
-    for (const OptimizedTensor& t : s.optimizer->tensors()) trainable.emplace_back(t.name, t.master);
-    nlohmann::json base = nlohmann::json::object();
-    for (const auto& [name, loss] : s.base_loss) base[name] = loss;
+Status Trainer::save_checkpoint(const std::filesystem::path& dir) { return impl_->save(dir); }
+
+Status Trainer::Impl::save(const std::filesystem::path& dir) {
+  const std::string what = str_cat("saving checkpoint ", dir.string());
+  const Status local = guarded(what, [&]() -> Status {
+    // The full state of every trained tensor, on rank 0: its own, and under sharding the
+    // others' (collected tensor by tensor, so no rank ever holds the whole state twice).
+    NamedTensors masters;
+    NamedTensors moments;
+    const NamedTensors own_state = optimizer->state();
+    std::map<std::string, at::Tensor> own_moments(own_state.begin(), own_state.end());
+    std::map<size_t, size_t> local_index;
+    for (size_t j = 0; j < owned.size(); ++j) local_index[owned[j]] = j;
+    const std::vector<std::string> suffixes = options.optimizer.kind == OptimizerKind::kAdamW
+                                                  ? std::vector<std::string>{".exp_avg", ".exp_avg_sq"}
+                                                  : std::vector<std::string>{".momentum_buffer"};
+    for (size_t i = 0; i < trainable.size(); ++i) {
+      const std::string& name = trainable[i].first;
+      const bool mine = owner[i] == rank;
+      if (owner[i] == 0 || !options.shard_optimizer_state || comm == nullptr) {
+        if (rank != 0) continue;
+        masters.emplace_back(name, optimizer->tensors()[local_index.at(i)].master);
+        for (const std::string& suffix : suffixes) moments.emplace_back(name + suffix, own_moments.at(name + suffix));
+        continue;
+      }
+      const at::IntArrayRef shape = trainable[i].second.sizes();
+      TEMPER_ASSIGN_OR_RETURN(at::Tensor master,
+                              broadcast_tensor(*comm, mine ? optimizer->tensors()[local_index.at(i)].master : at::Tensor(),
+                                               owner[i], shape));
+      if (rank == 0) masters.emplace_back(name, master.cpu());
+      for (const std::string& suffix : suffixes) {
+        TEMPER_ASSIGN_OR_RETURN(at::Tensor moment,
+                                broadcast_tensor(*comm, mine ? own_moments.at(name + suffix) : at::Tensor(), owner[i], shape));
+        if (rank == 0) moments.emplace_back(name + suffix, moment.cpu());
+      }
+    }
+    if (rank != 0) return absl::OkStatus();  // rank 0 writes; the others only contributed
+    nlohmann::json base_json = nlohmann::json::object();
+    for (const auto& [name, loss] : base_loss) base_json[name] = loss;
     const nlohmann::json state = {
         {"format", "temper-trainer-state"},
         {"version", kCheckpointVersion},
-        {"step", s.step},
-        {"skipped", s.skipped},
-        {"consecutive_nonfinite", s.consecutive_nonfinite},
-        {"base_loss", base},
-        {"best_loss", std::isfinite(s.best_loss) ? nlohmann::json(s.best_loss) : nlohmann::json(nullptr)},
-        {"evals_without_improvement", s.evals_without_improvement},
-        {"warned_sft_epochs", s.warned_sft_epochs},
-        {"data_state", s.data->save_state()},
-        {"run", s.run_fingerprint()},
+        {"step", step},
+        {"skipped", skipped},
+        {"consecutive_nonfinite", consecutive_nonfinite},
+        {"base_loss", base_json},
+        {"best_loss", std::isfinite(best_loss) ? nlohmann::json(best_loss) : nlohmann::json(nullptr)},
+        {"evals_without_improvement", evals_without_improvement},
+        {"warned_sft_epochs", warned_sft_epochs},
+        {"data_state", data->save_state()},
+        {"world_size", world},
+        {"run", run_fingerprint()},
     };
     const at::Tensor rng = at::detail::getDefaultCPUGenerator().get_state();
     return write_checkpoint_dir(dir, [&](const std::filesystem::path& tmp) -> Status {
-      TEMPER_RETURN_IF_ERROR(write_safetensors(tmp / kTrainableFile, trainable));
-      TEMPER_RETURN_IF_ERROR(write_safetensors(tmp / kOptimizerFile, s.optimizer->state()));
+      TEMPER_RETURN_IF_ERROR(write_safetensors(tmp / kTrainableFile, masters));
+      TEMPER_RETURN_IF_ERROR(write_safetensors(tmp / kOptimizerFile, moments));
       TEMPER_RETURN_IF_ERROR(write_safetensors(tmp / kRngFile, {{"cpu", rng}}));
       return write_file_atomic(tmp / kStateFile, state.dump(2) + "\n");
     });
   });
+  return agree(local, what);
 }
 
 Status Trainer::resume(const std::filesystem::path& dir) {
-  Impl& s = *impl_;
+  return impl_->agree(impl_->resume_from(dir), str_cat("resuming from ", dir.string()));
+}
+
+// Every rank reads the whole checkpoint (written with any world size) and keeps what it owns.
+Status Trainer::Impl::resume_from(const std::filesystem::path& dir) {
+  Impl& s = *this;
   TEMPER_RETURN_IF_ERROR(verify_checkpoint_dir(dir));
   const std::string where = dir.string();
   TEMPER_ASSIGN_OR_RETURN(nlohmann::json state, read_json_file(dir / kStateFile));
@@ -459,12 +649,20 @@ Status Trainer::resume(const std::filesystem::path& dir) {
   TEMPER_RETURN_IF_ERROR(s.data->restore_state(state.value("data_state", "")));
   return guarded(str_cat("resuming from ", where), [&]() -> Status {
     at::NoGradGuard no_grad;
-    for (const OptimizedTensor& t : s.optimizer->tensors()) {
-      TEMPER_ASSIGN_OR_RETURN(at::Tensor saved, trainable.tensor(t.name));
-      if (saved.sizes() != t.master.sizes()) {
-        return absl::FailedPreconditionError(str_cat(where, ": ", t.name, " has another shape in the checkpoint"));
+    std::map<size_t, size_t> local_index;
+    for (size_t j = 0; j < s.owned.size(); ++j) local_index[s.owned[j]] = j;
+    for (size_t i = 0; i < s.trainable.size(); ++i) {
+      const auto& [name, param] = s.trainable[i];
+      TEMPER_ASSIGN_OR_RETURN(at::Tensor saved, trainable.tensor(name));
+      if (saved.sizes() != param.sizes()) {
+        return absl::FailedPreconditionError(str_cat(where, ": ", name, " has another shape in the checkpoint"));
       }
-      t.master.copy_(saved);
+      auto mine = local_index.find(i);
+      if (mine != local_index.end()) {
+        s.optimizer->tensors()[mine->second].master.copy_(saved);
+      } else {
+        s.trainable[i].second.copy_(saved);  // another rank's shard: its value only
+      }
     }
     TEMPER_RETURN_IF_ERROR(s.optimizer->load_state(optimizer, step));
     s.copy_masters_to_params();

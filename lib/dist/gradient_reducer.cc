@@ -1,0 +1,162 @@
+#include "dist/gradient_reducer.hpp"
+
+#include <ATen/core/grad_mode.h>
+
+#include "dist/communicator_impl.hpp"
+#include "util/strings.hpp"
+#include "util/torch_errors.hpp"
+
+namespace temper {
+
+GradientReducer::GradientReducer(Communicator& communicator, std::vector<std::pair<std::string, at::Tensor>> params,
+                                 int64_t bucket_bytes)
+    : communicator_(communicator), params_(std::move(params)) {
+  const size_t n = params_.size();
+  views_.resize(n);
+  bucket_of_.resize(n);
+  arrived_.assign(n, false);
+  // Reverse creation order: the backward of a decoder produces the last layer's gradients first.
+  const int64_t cap = std::max<int64_t>(bucket_bytes / 4, 1);
+  std::vector<std::vector<size_t>> groups;
+  int64_t filled = 0;
+  for (size_t k = n; k-- > 0;) {
+    const int64_t numel = params_[k].second.numel();
+    if (groups.empty() || (filled > 0 && filled + numel > cap)) {
+      groups.emplace_back();
+      filled = 0;
+    }
+    groups.back().push_back(k);
+    filled += numel;
+  }
+  const at::TensorOptions fp32 = at::TensorOptions().dtype(at::kFloat).device(communicator_.device());
+  for (auto& members : groups) {
+    int64_t numel = 0;
+    for (size_t k : members) numel += params_[k].second.numel();
+    Bucket bucket;
+    bucket.buffer = at::zeros({numel}, fp32);
+    int64_t offset = 0;
+    for (size_t k : members) {
+      const at::Tensor& p = params_[k].second;
+      views_[k] = bucket.buffer.narrow(0, offset, p.numel()).view(p.sizes());
+      bucket_of_[k] = buckets_.size();
+      offset += p.numel();
+    }
+    bucket.members = std::move(members);
+    buckets_.push_back(std::move(bucket));
+  }
+  works_.resize(buckets_.size());
+  for (size_t k = 0; k < n; ++k) {
+    hook_handles_.push_back(params_[k].second.register_hook([this, k](const at::Tensor& grad) { on_gradient(k, grad); }));
+  }
+}
+
+GradientReducer::~GradientReducer() {
+  for (size_t k = 0; k < hook_handles_.size(); ++k) params_[k].second.remove_hook(hook_handles_[k]);
+}
+
+void GradientReducer::arm() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  armed_ = true;
+  refired_ = false;
+  next_launch_ = 0;
+  std::fill(arrived_.begin(), arrived_.end(), false);
+  for (Bucket& b : buckets_) {
+    b.pending = b.members.size();
+    b.launched = false;
+  }
+  for (auto& w : works_) w.reset();
+}
+
+void GradientReducer::reset() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  armed_ = false;
+}
+
+void GradientReducer::on_gradient(size_t index, const at::Tensor& grad) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!armed_ || !overlap_ || !error_.ok()) return;
+  if (arrived_[index]) {
+    refired_ = true;  // finish() reduces .grad instead
+    return;
+  }
+  arrived_[index] = true;
+  at::NoGradGuard no_grad;
+  at::Tensor& view = views_[index];
+  const at::Tensor& accumulated = params_[index].second.grad();  // earlier micro-batches of this step
+  if (accumulated.defined()) {
+    view.copy_(accumulated).add_(grad);
+  } else {
+    view.copy_(grad);
+  }
+  Bucket& bucket = buckets_[bucket_of_[index]];
+  if (--bucket.pending == 0) launch_ready_locked();
+}
+
+void GradientReducer::launch_ready_locked() {
+  while (next_launch_ < buckets_.size() && buckets_[next_launch_].pending == 0 && error_.ok()) {
+    error_ = launch_locked(next_launch_);
+    ++next_launch_;
+  }
+}
+
+Status GradientReducer::launch_locked(size_t b) {
+  Bucket& bucket = buckets_[b];
+  bucket.launched = true;
+  Communicator::Impl& comm = communicator_.impl();
+  if (!comm.backend) return absl::OkStatus();
+  std::vector<at::Tensor> tensors{bucket.buffer};
+  auto started = comm.start(str_cat("gradient all-reduce (bucket ", b + 1, " of ", buckets_.size(), ")"),
+                            [&] { return comm.backend->allreduce(tensors); });
+  if (!started.ok()) return started.status();
+  works_[b] = *std::move(started);
+  return absl::OkStatus();
+}
+
+StatusOr<std::vector<at::Tensor>> GradientReducer::finish() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  armed_ = false;
+  Communicator::Impl& comm = communicator_.impl();
+  return guarded("reducing gradients across ranks", [&]() -> StatusOr<std::vector<at::Tensor>> {
+    at::NoGradGuard no_grad;
+    auto fill_from_grad = [&](size_t k) {
+      const at::Tensor& g = params_[k].second.grad();
+      if (g.defined()) {
+        views_[k].copy_(g);
+      } else {
+        views_[k].zero_();  // a tensor the loss did not reach: zero, as on a single process
+      }
+    };
+    // The first pass completes on every rank with the same launches in the same order.
+    for (size_t b = next_launch_; b < buckets_.size() && error_.ok(); ++b) {
+      if (overlap_) {
+        for (size_t k : buckets_[b].members) {
+          if (!arrived_[k]) fill_from_grad(k);
+        }
+      } else {
+        for (size_t k : buckets_[b].members) fill_from_grad(k);
+      }
+      error_ = launch_locked(b);
+      next_launch_ = b + 1;
+    }
+    for (size_t b = 0; b < buckets_.size() && error_.ok(); ++b) {
+      if (works_[b]) error_ = comm.wait("gradient all-reduce", works_[b]);
+    }
+    if (error_.ok() && refired_) {
+      // A tensor took two gradients in one backward, so a bucket went out before its final
+      // value: reduce the complete .grad again, and from now on only after the backward.
+      overlap_ = false;
+      for (size_t k = 0; k < params_.size(); ++k) fill_from_grad(k);
+      for (size_t b = 0; b < buckets_.size() && error_.ok(); ++b) {
+        works_[b].reset();
+        error_ = launch_locked(b);
+      }
+      for (size_t b = 0; b < buckets_.size() && error_.ok(); ++b) {
+        if (works_[b]) error_ = comm.wait("gradient all-reduce", works_[b]);
+      }
+    }
+    if (!error_.ok()) return error_;
+    return views_;
+  });
+}
+
+}  // namespace temper

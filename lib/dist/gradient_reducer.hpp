@@ -1,0 +1,79 @@
+// Sums the gradients of the trained tensors over every rank, in buckets that start while the
+// backward pass is still running (as PyTorch's DDP does), into fp32 buffers the optimizer reads.
+//
+// Why not c10d::Reducer (DDP's engine): its constructor and hooks are internal API that differ
+// between libtorch 1.13 and 2.x and assume DDP's Python wrapper; what temper needs is small —
+// tensor hooks, a few flat buffers, and launches in a fixed order.
+//
+// Buckets hold tensors in reverse order of the list given (the order backward produces them for
+// a decoder: last layer first), each up to `bucket_bytes` of fp32. During the last micro-batch's
+// backward (arm()), each tensor's hook adds its incoming gradient to what earlier micro-batches
+// accumulated in .grad and writes the sum into its bucket; a bucket whose tensors are all in is
+// all-reduced at once, provided every earlier bucket has been launched: every rank launches the
+// same collectives in the same order, whatever order its hooks fire in. finish() launches the
+// rest (a tensor that got no gradient contributes zeros), waits, and returns the summed
+// gradients as fp32 views of the buffers. A tensor whose hook fires twice in one backward makes
+// the reducer fall back to reducing .grad after the backward (correct, without overlap).
+#pragma once
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+
+#include "temper/distributed.hpp"
+
+namespace temper {
+
+class GradientReducer {
+ public:
+  // `params`: the trained tensors (requires_grad leaves, any float dtype, all on the
+  // communicator's device), in the order the model creates them.
+  GradientReducer(Communicator& communicator, std::vector<std::pair<std::string, at::Tensor>> params,
+                  int64_t bucket_bytes);
+  ~GradientReducer();
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+
+  // The next backward is the step's last: hooks reduce as gradients arrive.
+  void arm();
+  // Completes the reduction. Returns, per tensor in the constructor's order, its gradient summed
+  // over ranks (fp32, the tensor's shape; a view into a bucket, valid until the next arm()).
+  StatusOr<std::vector<at::Tensor>> finish();
+  // Disarms after a failed backward, so that the next step starts clean.
+  void reset();
+
+  int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  bool overlapping() const { return overlap_; }
+
+ private:
+  struct Bucket {
+    at::Tensor buffer;            // [numel] fp32
+    std::vector<size_t> members;  // indices into params_
+    size_t pending = 0;           // members whose gradient has not arrived this backward
+    bool launched = false;
+  };
+
+  void on_gradient(size_t index, const at::Tensor& grad);  // from autograd threads
+  void launch_ready_locked();
+  Status launch_locked(size_t bucket);
+
+  Communicator& communicator_;
+  std::vector<std::pair<std::string, at::Tensor>> params_;
+  std::vector<at::Tensor> views_;      // per param: [shape] fp32 view into its bucket
+  std::vector<size_t> bucket_of_;      // per param
+  std::vector<bool> arrived_;          // per param, this backward
+  std::vector<Bucket> buckets_;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works_;  // per bucket, this step
+  std::vector<unsigned> hook_handles_;
+  std::mutex mutex_;
+  bool armed_ = false;
+  bool overlap_ = true;   // off for good once a hook fired twice in one backward
+  bool refired_ = false;  // a hook fired twice during this backward
+  size_t next_launch_ = 0;
+  Status error_;
+};
+
+}  // namespace temper

@@ -1,0 +1,197 @@
+// One rank of a data-parallel test run (tests/unit/distributed_test.cc starts one or several of
+// these with torchrun's environment; the GPU proof runs it under tools/temper-launch).
+//
+//   temper_dist_worker --out <prefix> [--mode full|lora] [--steps N] [--batch B] [--seq T]
+//       [--accum G] [--zero] [--device cpu|cuda] [--dtype f32|bf16] [--ckpt-dir D --ckpt-every K]
+//       [--resume D] [--die-at-step K] [--data-seed S] [--timeout-ms MS] [--layers L] [--hidden H]
+//
+// Every rank builds the same tiny LLaMA model and the same list of batches (from --data-seed),
+// trains, and rank 0 writes <prefix>.jsonl (one line per step: loss and grad norm as exact hex
+// floats) and <prefix>.safetensors (the trained tensors). --die-at-step makes rank 1 exit with
+// _exit(3) at the start of that step, as a killed process would vanish. Exit status: 0, or
+// 10 + the absl status code of the first error (its message on stderr).
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include "io/safetensors.hpp"
+#include "list_source.hpp"
+#include "temper/distributed.hpp"
+#include "temper/lora_adapter.hpp"
+#include "temper/model.hpp"
+#include "temper/trainer.hpp"
+
+using namespace temper;
+
+namespace {
+
+std::string arg(int argc, char** argv, const char* name, const char* fallback) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
+  }
+  return fallback;
+}
+
+bool flag(int argc, char** argv, const char* name) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], name) == 0) return true;
+  }
+  return false;
+}
+
+int fail(const Status& status) {
+  std::fprintf(stderr, "worker: %s\n", status.ToString().c_str());
+  return 10 + static_cast<int>(status.code());
+}
+
+std::string hex(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%a", v);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string out = arg(argc, argv, "--out", "");
+  const std::string mode = arg(argc, argv, "--mode", "full");
+  const int64_t steps = std::stoll(arg(argc, argv, "--steps", "4"));
+  const int64_t batch = std::stoll(arg(argc, argv, "--batch", "4"));
+  const int64_t seq = std::stoll(arg(argc, argv, "--seq", "16"));
+  const int64_t accum = std::stoll(arg(argc, argv, "--accum", "1"));
+  const int64_t die_at = std::stoll(arg(argc, argv, "--die-at-step", "0"));
+  uint64_t data_seed = std::stoull(arg(argc, argv, "--data-seed", "11"));
+  const bool cuda = arg(argc, argv, "--device", "cpu") == "cuda";
+  const bool bf16 = arg(argc, argv, "--dtype", "f32") == "bf16";
+  if (out.empty()) {
+    std::fprintf(stderr, "usage: temper_dist_worker --out <prefix> [options]\n");
+    return 2;
+  }
+
+  absl::StatusOr<DistributedEnvironment> env = DistributedEnvironment::from_environment();
+  if (!env.ok()) return fail(env.status());
+  DistributedOptions dist;
+  dist.timeout = std::chrono::milliseconds(std::stoll(arg(argc, argv, "--timeout-ms", "60000")));
+  const at::Device device = cuda ? at::Device(at::kCUDA, static_cast<at::DeviceIndex>(env->local_rank)) : at::Device(at::kCPU);
+  // For the test of ranks given different data: rank 1 alone takes another seed.
+  if (const char* seed1 = std::getenv("TEMPER_TEST_DATA_SEED_RANK1"); seed1 != nullptr && env->rank == 1) {
+    data_seed = std::stoull(seed1);
+  }
+  auto comm = Communicator::create(*env, dist, device);
+  if (!comm.ok()) return fail(comm.status());
+
+  ModelConfig config;
+  config.model_type = "llama";
+  config.family = ModelFamily::kLlama;
+  config.vocab_size = 97;
+  config.hidden_size = std::stoll(arg(argc, argv, "--hidden", "32"));
+  config.intermediate_size = config.hidden_size * 3 / 2;
+  config.num_layers = std::stoll(arg(argc, argv, "--layers", "2"));
+  config.num_attention_heads = 4;
+  config.num_key_value_heads = 2;
+  config.head_dim = config.hidden_size / 4;
+  config.max_position_embeddings = 512;
+  config.rms_norm_eps = 1e-5;
+  config.eos_token_ids = {2};
+  ModelOptions model_options;
+  model_options.device = device;
+  model_options.dtype = bf16 ? at::kBFloat16 : at::kFloat;
+  auto model = Model::random(config, model_options, 7);
+  if (!model.ok()) return fail(model.status());
+  {
+    // Larger weights than transformers' init, drawn on the CPU so every device gets the same.
+    at::NoGradGuard no_grad;
+    at::manual_seed(8);
+    for (auto& [name, p] : model->named_parameters()) {
+      const at::Tensor noise = at::randn(p.sizes(), at::kFloat) * (p.dim() == 2 ? 0.15 : 0.1);
+      if (p.dim() == 2) {
+        p.copy_(noise);
+      } else {
+        p.add_(noise.to(p.device(), p.scalar_type()));
+      }
+    }
+  }
+  std::optional<LoraAdapter> adapter;
+  if (mode == "lora") {
+    LoraOptions lora;
+    lora.rank = 4;
+    lora.init = LoraOptions::Init::kGaussian;
+    lora.seed = 5;
+    auto made = LoraAdapter::create(*model, lora);
+    if (!made.ok()) return fail(made.status());
+    adapter.emplace(*std::move(made));
+    // B starts at zero; a nonzero B makes the first steps' gradients reach A as well.
+    at::NoGradGuard no_grad;
+    at::manual_seed(9);
+    for (auto& [name, p] : adapter->named_parameters()) {
+      if (name.find("lora_B") != std::string::npos) p.copy_(at::randn(p.sizes(), at::kFloat) * 0.05);
+    }
+  }
+
+  std::vector<Batch> batches;
+  at::manual_seed(static_cast<int64_t>(data_seed));
+  for (int i = 0; i < 6; ++i) {
+    Batch b;
+    b.input_ids = at::randint(3, config.vocab_size, {batch, seq}, at::kLong);
+    b.labels = b.input_ids.clone();
+    b.labels.narrow(1, 0, 3).fill_(-100);  // an unscored prefix, as SFT prompts are
+    batches.push_back(b);
+  }
+  testing::ListSource data(batches);
+
+  TrainerOptions options;
+  options.max_steps = steps;
+  options.gradient_accumulation_steps = accum;
+  options.optimizer.lr = 2e-3;
+  options.optimizer.weight_decay = 0.01;
+  options.schedule = {ScheduleKind::kLinear, 1};
+  options.max_grad_norm = 1.0;
+  options.communicator = *comm;
+  options.shard_optimizer_state = flag(argc, argv, "--zero");
+  options.gradient_bucket_bytes = 4096;  // several buckets even for the tiny model
+  options.checkpoint_dir = arg(argc, argv, "--ckpt-dir", "");
+  options.checkpoint_every = std::stoll(arg(argc, argv, "--ckpt-every", "0"));
+  options.keep_last_checkpoints = 10;
+  std::ofstream log;
+  if ((*comm)->rank() == 0) log.open(out + ".jsonl");
+  options.on_step = [&](const StepMetrics& m) {
+    if (log.is_open()) {
+      log << "{\"step\":" << m.step << ",\"loss\":\"" << hex(m.loss) << "\",\"grad_norm\":\"" << hex(m.grad_norm)
+          << "\",\"tokens\":" << m.tokens << "}\n";
+      log.flush();
+    }
+  };
+  auto trainer = Trainer::create(*model, data, options, adapter ? &*adapter : nullptr);
+  if (!trainer.ok()) return fail(trainer.status());
+  const std::string resume = arg(argc, argv, "--resume", "");
+  if (!resume.empty()) {
+    if (Status s = trainer->resume(resume); !s.ok()) return fail(s);
+  }
+  while (trainer->global_step() < steps) {
+    if (die_at > 0 && trainer->global_step() + 1 == die_at && (*comm)->rank() == 1) _exit(3);
+    auto step = trainer->step();
+    if (!step.ok()) return fail(step.status());
+    if (!options.checkpoint_dir.empty() && options.checkpoint_every > 0 &&
+        trainer->global_step() % options.checkpoint_every == 0) {
+      const Status saved = trainer->save_checkpoint(options.checkpoint_dir /
+                                                    ("step-" + std::to_string(trainer->global_step())));
+      if (!saved.ok()) return fail(saved);
+    }
+  }
+  if ((*comm)->rank() == 0) {
+    NamedTensors trained;
+    for (auto& [name, p] : adapter ? adapter->named_parameters() : model->named_parameters()) {
+      trained.emplace_back(name, p.detach().to(at::kCPU, at::kFloat).contiguous());
+    }
+    if (Status s = write_safetensors(out + ".safetensors", trained); !s.ok()) return fail(s);
+  }
+  return 0;
+}

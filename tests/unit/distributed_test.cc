@@ -1,0 +1,344 @@
+// Data parallelism over c10d/Gloo on the CPU: real multi-process runs of tests/dist/dist_worker.cc
+// (started here with torchrun's environment), checked against the single-process run on the same
+// global batch: the loss trajectory, the gradient norms and the trained tensors agree within fp32
+// rounding (the sums happen in another order). Plus resume with another world size, a rank that
+// dies, a rendezvous that times out, and ranks given different data.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "dist/optimizer_shards.hpp"
+#include "io/safetensors.hpp"
+#include "temper/distributed.hpp"
+#include "test_support.hpp"
+#include "train/checkpoint_dir.hpp"
+
+extern char** environ;
+
+using namespace temper;
+using namespace temper::testing;
+
+namespace {
+
+// A TCP port nobody listens on now (the kernel's choice for port 0).
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+struct RunResult {
+  std::vector<int> exit_codes;  // per rank: exit status, or 128 + signal
+};
+
+// Starts `ranks` of a world of `world` (ranks may be fewer, to test a rank that never comes) and
+// waits for all of them (killed after 180 s). Each rank's stderr goes to <prefix>.rank<r>.log.
+RunResult run_world(int world, const std::vector<std::string>& args, const std::string& prefix,
+                    int ranks = -1) {
+  if (ranks < 0) ranks = world;
+  const int port = free_port();
+  std::vector<pid_t> pids;
+  for (int r = 0; r < ranks; ++r) {
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e != nullptr; ++e) {
+      const std::string entry(*e);
+      if (entry.rfind("RANK=", 0) == 0 || entry.rfind("WORLD_SIZE=", 0) == 0 || entry.rfind("LOCAL_RANK=", 0) == 0 ||
+          entry.rfind("MASTER_ADDR=", 0) == 0 || entry.rfind("MASTER_PORT=", 0) == 0 ||
+          entry.rfind("OMP_NUM_THREADS=", 0) == 0) {
+        continue;
+      }
+      env_strings.push_back(entry);
+    }
+    env_strings.push_back("RANK=" + std::to_string(r));
+    env_strings.push_back("LOCAL_RANK=" + std::to_string(r));
+    env_strings.push_back("WORLD_SIZE=" + std::to_string(world));
+    env_strings.push_back("MASTER_ADDR=127.0.0.1");
+    env_strings.push_back("MASTER_PORT=" + std::to_string(port));
+    env_strings.push_back("OMP_NUM_THREADS=1");  // two cores in CI, shared by the ranks
+    std::vector<char*> envp;
+    for (auto& s : env_strings) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    std::vector<std::string> argv_strings{TEMPER_DIST_WORKER};
+    argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+    argv_strings.push_back("--out");
+    argv_strings.push_back(prefix);
+    std::vector<char*> argv;
+    for (auto& s : argv_strings) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    const std::string log = prefix + ".rank" + std::to_string(r) + ".log";
+    posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid = 0;
+    REQUIRE(posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data()) == 0);
+    posix_spawn_file_actions_destroy(&actions);
+    pids.push_back(pid);
+  }
+  RunResult result;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(180);
+  for (pid_t pid : pids) {
+    int status = 0;
+    while (::waitpid(pid, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    result.exit_codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+  }
+  return result;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+struct Trajectory {
+  std::vector<double> loss;
+  std::vector<double> grad_norm;
+  std::vector<int64_t> tokens;
+};
+
+Trajectory trajectory(const std::string& prefix) {
+  Trajectory t;
+  std::ifstream in(prefix + ".jsonl");
+  std::string line;
+  const std::regex re("\"loss\":\"([^\"]+)\",\"grad_norm\":\"([^\"]+)\",\"tokens\":([0-9]+)");
+  while (std::getline(in, line)) {
+    std::smatch m;
+    REQUIRE(std::regex_search(line, m, re));
+    t.loss.push_back(std::strtod(m[1].str().c_str(), nullptr));
+    t.grad_norm.push_back(std::strtod(m[2].str().c_str(), nullptr));
+    t.tokens.push_back(std::stoll(m[3].str()));
+  }
+  return t;
+}
+
+void require_success(const RunResult& r, const std::string& prefix) {
+  for (size_t i = 0; i < r.exit_codes.size(); ++i) {
+    INFO("rank " << i << " stderr: " << read_text(prefix + ".rank" + std::to_string(i) + ".log"));
+    REQUIRE(r.exit_codes[i] == 0);
+  }
+}
+
+// Same losses (relative 1e-5: fp32 sums in another order), same scored tokens, same tensors.
+void require_same_run(const std::string& a, const std::string& b, double tolerance = 1e-5) {
+  const Trajectory ta = trajectory(a), tb = trajectory(b);
+  REQUIRE(ta.loss.size() == tb.loss.size());
+  REQUIRE_FALSE(ta.loss.empty());
+  for (size_t i = 0; i < ta.loss.size(); ++i) {
+    INFO("step " << i + 1);
+    CHECK(tb.tokens[i] == ta.tokens[i]);
+    CHECK(tb.loss[i] == Approx(ta.loss[i]).epsilon(tolerance));
+    CHECK(tb.grad_norm[i] == Approx(ta.grad_norm[i]).epsilon(tolerance * 10));
+  }
+  auto fa = SafetensorsFile::open(a + ".safetensors");
+  auto fb = SafetensorsFile::open(b + ".safetensors");
+  REQUIRE_OK(fa);
+  REQUIRE_OK(fb);
+  REQUIRE(fa->entries().size() == fb->entries().size());
+  for (const SafetensorsEntry& entry : fa->entries()) {
+    const std::string& name = entry.name;
+    const at::Tensor x = fa->tensor(name).value(), y = fb->tensor(name).value();
+    INFO(name);
+    CHECK((x - y).abs().max().item<double>() <= tolerance * (1.0 + x.abs().max().item<double>()));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the distributed environment is read as torchrun sets it", "[unit][distributed]") {
+  for (const char* v : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}) ::unsetenv(v);
+  auto single = DistributedEnvironment::from_environment();
+  REQUIRE_OK(single);
+  CHECK(single->world_size == 1);
+  CHECK(single->rank == 0);
+
+  ::setenv("WORLD_SIZE", "4", 1);
+  ::setenv("RANK", "3", 1);
+  ::setenv("LOCAL_RANK", "1", 1);
+  ::setenv("MASTER_ADDR", "10.0.0.7", 1);
+  ::setenv("MASTER_PORT", "29511", 1);
+  auto four = DistributedEnvironment::from_environment();
+  REQUIRE_OK(four);
+  CHECK(four->world_size == 4);
+  CHECK(four->rank == 3);
+  CHECK(four->local_rank == 1);
+  CHECK(four->master_addr == "10.0.0.7");
+  CHECK(four->master_port == 29511);
+
+  ::setenv("RANK", "4", 1);
+  CHECK(DistributedEnvironment::from_environment().status().code() == absl::StatusCode::kInvalidArgument);
+  ::setenv("RANK", "two", 1);
+  CHECK_THAT(std::string(DistributedEnvironment::from_environment().status().message()), Catch::Contains("RANK=\"two\""));
+  ::setenv("RANK", "1", 1);
+  ::setenv("MASTER_PORT", "70000", 1);
+  CHECK(DistributedEnvironment::from_environment().status().code() == absl::StatusCode::kInvalidArgument);
+  ::unsetenv("MASTER_PORT");
+  CHECK_THAT(std::string(DistributedEnvironment::from_environment().status().message()), Catch::Contains("MASTER_PORT"));
+  for (const char* v : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}) ::unsetenv(v);
+
+  // A world of one makes no connection and its collectives are the identity.
+  auto comm = Communicator::create(DistributedEnvironment{}, {}, at::kCPU);
+  REQUIRE_OK(comm);
+  CHECK((*comm)->backend_name() == "none");
+  at::Tensor t = at::arange(3, at::kFloat);
+  REQUIRE_OK((*comm)->all_reduce_sum(t));
+  CHECK(t.equal(at::arange(3, at::kFloat)));
+  DistributedOptions nccl;
+  nccl.backend = DistributedBackend::kNccl;
+  CHECK(Communicator::create(DistributedEnvironment{}, nccl, at::kCPU).status().code() ==
+        absl::StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("optimizer shards balance tensors by size, deterministically", "[unit][distributed]") {
+  const std::vector<int> owner = partition_by_size({100, 10, 60, 50, 5, 5}, 2);
+  // Largest first to the least loaded: 100->0, 60->1, 50->1, 10->0, 5->0, 5->1 (loads 115 / 115).
+  CHECK(owner == std::vector<int>{0, 0, 1, 1, 0, 1});
+  CHECK(partition_by_size({7, 7, 7}, 1) == std::vector<int>{0, 0, 0});
+}
+
+TEST_CASE("two Gloo processes train exactly as one process on the same global batch", "[unit][distributed]") {
+  TempDir dir;
+  struct Case {
+    const char* name;
+    std::vector<std::string> args;
+  };
+  const std::vector<Case> cases = {
+      {"full", {"--mode", "full", "--steps", "4", "--accum", "2"}},
+      {"full_zero1", {"--mode", "full", "--steps", "4", "--zero"}},
+      {"lora_zero1", {"--mode", "lora", "--steps", "4", "--accum", "2", "--zero"}},
+      {"uneven_rows", {"--mode", "lora", "--steps", "3", "--batch", "3"}},
+  };
+  for (const Case& c : cases) {
+    SECTION(c.name) {
+      const std::string one = (dir / (std::string(c.name) + "_w1")).string();
+      const std::string two = (dir / (std::string(c.name) + "_w2")).string();
+      require_success(run_world(1, c.args, one), one);
+      const RunResult r2 = run_world(2, c.args, two);
+      require_success(r2, two);
+      require_same_run(one, two);
+      // Not a vacuous match: training moved the loss.
+      const Trajectory t = trajectory(two);
+      CHECK(t.loss.back() != t.loss.front());
+    }
+  }
+}
+
+TEST_CASE("a checkpoint of two ranks resumes on one and a checkpoint of one resumes on two", "[unit][distributed]") {
+  TempDir dir;
+  const std::vector<std::string> base = {"--mode", "full", "--steps", "4", "--zero"};
+  const std::string straight = (dir / "straight").string();
+  require_success(run_world(1, base, straight), straight);
+
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  };
+  // Two ranks write step-2; one rank resumes it.
+  const std::string ck2 = (dir / "ck_w2").string();
+  const std::string first = (dir / "first_w2").string();
+  require_success(run_world(2, with({"--ckpt-dir", ck2, "--ckpt-every", "2", "--steps", "2"}), first), first);
+  REQUIRE_OK(verify_checkpoint_dir(std::filesystem::path(ck2) / "step-2"));
+  const std::string resumed1 = (dir / "resumed_w1").string();
+  require_success(run_world(1, with({"--resume", ck2 + "/step-2"}), resumed1), resumed1);
+  // One rank writes step-2; two ranks resume it.
+  const std::string ck1 = (dir / "ck_w1").string();
+  const std::string first1 = (dir / "first_w1").string();
+  require_success(run_world(1, with({"--ckpt-dir", ck1, "--ckpt-every", "2", "--steps", "2"}), first1), first1);
+  const std::string resumed2 = (dir / "resumed_w2").string();
+  require_success(run_world(2, with({"--resume", ck1 + "/step-2"}), resumed2), resumed2);
+
+  const Trajectory full = trajectory(straight);
+  for (const std::string& resumed : {resumed1, resumed2}) {
+    INFO(resumed);
+    const Trajectory t = trajectory(resumed);
+    REQUIRE(t.loss.size() == 2);  // steps 3 and 4
+    CHECK(t.loss[0] == Approx(full.loss[2]).epsilon(1e-5));
+    CHECK(t.loss[1] == Approx(full.loss[3]).epsilon(1e-5));
+    auto a = SafetensorsFile::open(straight + ".safetensors");
+    auto b = SafetensorsFile::open(resumed + ".safetensors");
+    REQUIRE_OK(a);
+    REQUIRE_OK(b);
+    for (const SafetensorsEntry& entry : a->entries()) {
+      const std::string& name = entry.name;
+      const at::Tensor x = a->tensor(name).value(), y = b->tensor(name).value();
+      CHECK((x - y).abs().max().item<double>() <= 1e-5 * (1.0 + x.abs().max().item<double>()));
+    }
+  }
+}
+
+TEST_CASE("a rank that dies ends the others with a clear status and the last checkpoint stays good",
+          "[unit][distributed][reliability]") {
+  TempDir dir;
+  const std::string ck = (dir / "ck").string();
+  const std::string prefix = (dir / "dies").string();
+  const RunResult r = run_world(
+      2, {"--mode", "full", "--steps", "4", "--ckpt-dir", ck, "--ckpt-every", "1", "--die-at-step", "2",
+          "--timeout-ms", "20000"},
+      prefix);
+  REQUIRE(r.exit_codes.size() == 2);
+  CHECK(r.exit_codes[1] == 3);  // the rank that vanished
+  const int code = r.exit_codes[0] - 10;
+  const std::string log = read_text(prefix + ".rank0.log");
+  INFO(log);
+  CHECK((code == static_cast<int>(absl::StatusCode::kUnavailable) ||
+         code == static_cast<int>(absl::StatusCode::kDeadlineExceeded)));
+  CHECK_THAT(log, Catch::Contains("rank 0 of 2") && Catch::Contains("resume from the last checkpoint"));
+  REQUIRE_OK(verify_checkpoint_dir(std::filesystem::path(ck) / "step-1"));
+  CHECK_FALSE(std::filesystem::exists(std::filesystem::path(ck) / "step-2"));
+}
+
+TEST_CASE("a rendezvous that not every rank reaches times out with DEADLINE_EXCEEDED", "[unit][distributed][reliability]") {
+  TempDir dir;
+  const std::string prefix = (dir / "alone").string();
+  const auto start = std::chrono::steady_clock::now();
+  const RunResult r = run_world(2, {"--timeout-ms", "3000"}, prefix, /*ranks=*/1);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string log = read_text(prefix + ".rank0.log");
+  INFO(log);
+  CHECK(r.exit_codes[0] - 10 == static_cast<int>(absl::StatusCode::kDeadlineExceeded));
+  CHECK_THAT(log, Catch::Contains("rendezvous of rank 0 of 2"));
+  CHECK(seconds < 60);
+}
+
+TEST_CASE("ranks given different data stop with FAILED_PRECONDITION before any update", "[unit][distributed]") {
+  TempDir dir;
+  const std::string prefix = (dir / "mismatch").string();
+  // Rank 1 is started with another data seed through a per-rank wrapper: the worker takes
+  // DATA_SEED_RANK1 from the environment when set.
+  ::setenv("TEMPER_TEST_DATA_SEED_RANK1", "99", 1);
+  const RunResult r = run_world(2, {"--mode", "full", "--steps", "2"}, prefix);
+  ::unsetenv("TEMPER_TEST_DATA_SEED_RANK1");
+  for (int rank = 0; rank < 2; ++rank) {
+    INFO(read_text(prefix + ".rank" + std::to_string(rank) + ".log"));
+    CHECK(r.exit_codes[rank] - 10 == static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  }
+  CHECK_THAT(read_text(prefix + ".rank0.log"), Catch::Contains("identical data source"));
+}
