@@ -2,7 +2,7 @@
 // ../shared/baselines.md with random weights and random tokens, bf16. Prints one JSON line:
 // median step time over steps 3..N, tokens/s, peak allocated GPU memory, MFU.
 //
-//   train_bench --shape 1b --mode lora|qlora|full --batch 4 --seq 2048 --steps 6 [--ckpt] [--profile]
+//   train_bench --shape 1b --mode lora|qlora|full --batch 4 --seq 2048 --steps 6 [--ckpt] [--profile] [--zero]
 // qlora: the decoder blocks' linear weights in NF4 with double quantization (bitsandbytes'
 // defaults, blocksize 64), LoRA as in lora mode.
 // --profile: one extra step, the third, runs under the Kineto profiler (CPU + CUDA activities)
@@ -12,6 +12,11 @@
 // ({"bench":"profile_kernel",...}) and the step's wall time beside the device's busy time
 // ({"bench":"profile_summary",...}: a busy fraction well below 1 means launch overhead or host
 // syncs leave the GPU idle).
+//
+// Data parallel (docs/distributed.md): under tools/temper-launch or torchrun (WORLD_SIZE > 1)
+// each process drives GPU LOCAL_RANK through an NCCL Communicator; --batch stays the per-GPU
+// batch, so the global batch is world_size x batch and tokens/s counts every rank's tokens.
+// --zero shards the optimizer state. Rank 0 prints the line (with "world_size").
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -26,10 +31,13 @@
 #include <unordered_map>
 #include <vector>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 #include "ops/compat.hpp"
+#include "temper/distributed.hpp"
 #include "temper/lora_adapter.hpp"
 #include "temper/model.hpp"
 #include "temper/trainer.hpp"
@@ -55,9 +63,13 @@ temper::ModelConfig shape(const std::string& name) {
 
 class RandomTokens final : public temper::BatchSource {
  public:
-  RandomTokens(int64_t batch, int64_t seq, int64_t vocab) : batch_(batch), seq_(seq), vocab_(vocab) {}
+  // Seeded on the host: every rank of a data-parallel run draws the same global batch (the
+  // Trainer checks that), whatever the devices' generators hold.
+  RandomTokens(int64_t batch, int64_t seq, int64_t vocab, at::Device device)
+      : batch_(batch), seq_(seq), vocab_(vocab), device_(device), generator_(at::detail::createCPUGenerator(1234)) {}
   temper::StatusOr<temper::Batch> next() override {
-    at::Tensor ids = at::randint(0, vocab_, {batch_, seq_}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA));
+    at::Tensor ids = at::randint(0, vocab_, {batch_, seq_}, generator_, at::TensorOptions().dtype(at::kLong));
+    ids = ids.to(device_);
     return temper::Batch{ids, ids, {}};
   }
   int64_t epochs_completed() const override { return 0; }
@@ -67,6 +79,8 @@ class RandomTokens final : public temper::BatchSource {
 
  private:
   int64_t batch_, seq_, vocab_;
+  at::Device device_;
+  at::Generator generator_;
 };
 
 std::string arg(int argc, char** argv, const char* name, const char* fallback) {
@@ -183,10 +197,31 @@ int main(int argc, char** argv) {
   constexpr size_t kWarmup = 2;
   const int64_t steps = std::stoll(arg(argc, argv, "--steps", "6")) + (profile ? 1 : 0);
 
+  const bool zero = flag(argc, argv, "--zero");
+
+  auto env = temper::DistributedEnvironment::from_environment();
+  if (!env.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(env.status().ToString()).c_str());
+    return 1;
+  }
+  const int world = env->world_size;
+  const auto gpu = static_cast<c10::DeviceIndex>(env->local_rank);
+  const at::Device device(at::kCUDA, gpu);
+  c10::cuda::set_device(gpu);
+  std::shared_ptr<temper::Communicator> communicator;
+  if (world > 1) {
+    auto made = temper::Communicator::create(*env, temper::DistributedOptions{}, device);
+    if (!made.ok()) {
+      std::fprintf(stderr, "rank %d: %s\n", env->rank, std::string(made.status().ToString()).c_str());
+      return 1;
+    }
+    communicator = *std::move(made);
+  }
+
   const temper::ModelConfig config = shape(shape_name);
   temper::ModelOptions model_options;
   model_options.dtype = at::kBFloat16;
-  model_options.device = at::kCUDA;
+  model_options.device = device;
   model_options.quantize_nf4 = mode == "qlora";
   auto model = temper::Model::random(config, model_options, 0);
   if (!model.ok()) {
@@ -205,8 +240,10 @@ int main(int argc, char** argv) {
     }
     adapter.emplace(std::move(*created));
   }
-  RandomTokens data(batch, seq, config.vocab_size);
+  RandomTokens data(batch * world, seq, config.vocab_size, device);
   temper::TrainerOptions options;
+  options.communicator = communicator;
+  options.shard_optimizer_state = zero;
   options.max_steps = steps;
   options.optimizer.lr = 1e-4;
   options.gradient_checkpointing = ckpt;
@@ -239,15 +276,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", std::string(trainer.status().ToString()).c_str());
     return 1;
   }
-  c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+  c10::cuda::CUDACachingAllocator::resetPeakStats(gpu);
   cudaDeviceSynchronize();
   last = std::chrono::steady_clock::now();
   auto result = trainer->train();
   if (!result.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(result.status().ToString()).c_str());
+    std::fprintf(stderr, "rank %d: %s\n", env->rank, std::string(result.status().ToString()).c_str());
     return 1;
   }
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(gpu);
   const double peak_gib = static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0 * 1024.0);
   // Steps after the warm-up, less the profiled one (index kWarmup) when --profile.
   std::vector<double> timed;
@@ -256,16 +293,19 @@ int main(int argc, char** argv) {
   }
   std::sort(timed.begin(), timed.end());
   const double median = timed.empty() ? 0.0 : timed[timed.size() / 2];
-  const double tokens_per_s = median > 0 ? static_cast<double>(batch * seq) / median : 0.0;
+  const double tokens_per_s = median > 0 ? static_cast<double>(world * batch * seq) / median : 0.0;
   const double n = static_cast<double>(model->num_parameters());
   const double attention = 12.0 * config.num_layers * seq * config.hidden_size;
   const double flops_per_token = (mode == "full" ? 6.0 : 4.0) * n + attention;
   cudaDeviceProp prop{};
-  cudaGetDeviceProperties(&prop, 0);
+  cudaGetDeviceProperties(&prop, gpu);
+  if (env->rank != 0) return exit_code;
+  // MFU per GPU: the world's tokens/s over world x 790 TFLOP/s.
   std::printf("{\"bench\":\"train_step\",\"impl\":\"temper\",\"device\":\"%s\",\"shape\":\"%s\",\"mode\":\"%s\","
-              "\"batch\":%lld,\"seq\":%lld,\"ckpt\":%s,\"median_step_s\":%.4f,\"tokens_per_s\":%.0f,"
-              "\"peak_gib\":%.2f,\"mfu_vs_790tflops\":%.3f}\n",
+              "\"batch\":%lld,\"seq\":%lld,\"ckpt\":%s,\"world_size\":%d,\"zero\":%s,\"median_step_s\":%.4f,"
+              "\"tokens_per_s\":%.0f,\"peak_gib\":%.2f,\"mfu_vs_790tflops\":%.3f}\n",
               prop.name, shape_name.c_str(), mode.c_str(), static_cast<long long>(batch), static_cast<long long>(seq),
-              ckpt ? "true" : "false", median, tokens_per_s, peak_gib, tokens_per_s * flops_per_token / 790e12);
+              ckpt ? "true" : "false", world, zero ? "true" : "false", median, tokens_per_s, peak_gib,
+              tokens_per_s * flops_per_token / (790e12 * world));
   return exit_code;
 }

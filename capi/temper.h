@@ -669,6 +669,13 @@ typedef struct temper_trainer_options {
   temper_step_callback on_step;             /**< NULL (default) = none */
   temper_eval_callback on_eval;             /**< NULL (default) = none */
   void* callback_user_data;                 /**< passed to on_step and on_eval */
+  /* Data parallelism (appended last: a caller built with a smaller struct_size gets the defaults). */
+  int32_t distributed;                      /**< 1 = data parallel over the torchrun environment
+                                                 (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+                                                 MASTER_PORT; docs/distributed.md): NCCL for a
+                                                 CUDA model, Gloo for a CPU one; default 0 */
+  int32_t shard_optimizer_state;            /**< ZeRO-1 with distributed; default 0 */
+  int64_t distributed_timeout_ms;           /**< rendezvous and each collective; default 600000 */
 } temper_trainer_options;
 
 /** Fills *options with the defaults (see "Options structs"). Thread-safe. */

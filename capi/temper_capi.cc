@@ -11,6 +11,7 @@
 // - The barrier: TEMPER_C_BARRIER wraps every body, so no exception ever reaches C.
 #include "temper.h"
 
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -492,6 +493,7 @@ void trainer_defaults(temper_trainer_options* o) {
   o->max_consecutive_nonfinite = cpp.max_consecutive_nonfinite;
   o->checkpoint_every = cpp.checkpoint_every;
   o->keep_last_checkpoints = cpp.keep_last_checkpoints;
+  o->distributed_timeout_ms = temper::DistributedOptions{}.timeout.count();
 }
 
 // ---- C options -> C++ options -----------------------------------------------------------------
@@ -1186,6 +1188,21 @@ int32_t temper_trainer_create(temper_trainer** trainer, temper_model* model, tem
           on_eval(user_data, &out, i, m.sets.size());
         }
       };
+    }
+    if (c->distributed != 0 && c->distributed != 1) {
+      return invalid(str_cat("temper_trainer_options.distributed is ", c->distributed, "; expected 0 or 1"));
+    }
+    if (c->distributed_timeout_ms < 1) {
+      return invalid(str_cat("temper_trainer_options.distributed_timeout_ms is ", c->distributed_timeout_ms,
+                             "; expected >= 1"));
+    }
+    cpp.shard_optimizer_state = c->shard_optimizer_state != 0;
+    if (c->distributed == 1) {
+      temper::DistributedOptions dist;
+      dist.timeout = std::chrono::milliseconds(c->distributed_timeout_ms);
+      auto comm = temper::Communicator::from_environment(dist, model->model->options().device);
+      if (!comm.ok()) return fail(comm.status());
+      cpp.communicator = std::move(*comm);
     }
     temper::LoraAdapter* lora = adapter != nullptr ? adapter->adapter.get() : nullptr;
     auto created = temper::Trainer::create(*model->model, *data->mixer, cpp, lora);

@@ -5,6 +5,7 @@
 #include "temper/config.hpp"
 #include "temper/data_mixer.hpp"
 #include "temper/data_options.hpp"
+#include "temper/distributed.hpp"
 #include "temper/export.hpp"
 #include "temper/generation.hpp"
 #include "temper/log.hpp"

@@ -34,7 +34,7 @@ StatusOr<std::optional<long long>> env_int(const char* name, long long lo, long 
 // The message of a c10d exception without the C++ backtrace libtorch appends to what().
 std::string message_of(const std::exception& e) {
   const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
-  const std::string text = c10_error != nullptr ? c10_error->msg() : std::string(e.what());
+  const std::string text = c10_error != nullptr ? std::string(c10_error->what_without_backtrace()) : std::string(e.what());
   return text.substr(0, std::min(text.size(), size_t{600}));
 }
 
@@ -70,13 +70,17 @@ StatusOr<DistributedEnvironment> DistributedEnvironment::from_environment() {
   return env;
 }
 
-Status Communicator::Impl::fail(const std::string& what, const std::exception& e) {
+Status status_from_exception(const std::string& context, const std::exception& e, const std::string& hint) {
   const std::string message = message_of(e);
+  return is_timeout(message) ? Status(absl::DeadlineExceededError(str_cat(context, message, hint)))
+                             : Status(absl::UnavailableError(str_cat(context, message, hint)));
+}
+
+Status Communicator::Impl::fail(const std::string& what, const std::exception& e) {
   const std::string context = str_cat(what, " on rank ", env.rank, " of ", env.world_size, " (", backend_name, "): ");
   const std::string hint = "; another rank may have failed or been killed, or be unreachable. The run cannot continue; "
                            "resume from the last checkpoint";
-  failure = is_timeout(message) ? absl::DeadlineExceededError(str_cat(context, message, hint))
-                                : absl::UnavailableError(str_cat(context, message, hint));
+  failure = status_from_exception(context, e, hint);
   return failure;
 }
 
@@ -151,11 +155,9 @@ StatusOr<std::shared_ptr<Communicator>> Communicator::create(const DistributedEn
     store_options.timeout = options.timeout;
     impl->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
   } catch (const std::exception& e) {
-    const std::string message = message_of(e);
-    const std::string text = str_cat(where, " failed: ", message,
-                                     env.rank == 0 ? " (is the port free? do all ranks start within the timeout?)"
-                                                   : " (is rank 0 running and reachable at that address?)");
-    return is_timeout(message) ? Status(absl::DeadlineExceededError(text)) : Status(absl::UnavailableError(text));
+    return status_from_exception(str_cat(where, " failed: "), e,
+                                 env.rank == 0 ? " (is the port free? do all ranks start within the timeout?)"
+                                               : " (is rank 0 running and reachable at that address?)");
   }
   StatusOr<c10::intrusive_ptr<compat::C10dGroup>> made =
       backend == DistributedBackend::kNccl ? make_nccl_backend(impl->store, env, device, options.timeout)

@@ -38,6 +38,10 @@ struct Communicator::Impl {
   Status fail(const std::string& what, const std::exception& e);
 };
 
+// A c10d exception as a status: DEADLINE_EXCEEDED when it says it timed out, else UNAVAILABLE;
+// the message is `context` + the exception's own (without libtorch's C++ backtrace) + `hint`.
+Status status_from_exception(const std::string& context, const std::exception& e, const std::string& hint = "");
+
 StatusOr<c10::intrusive_ptr<compat::C10dGroup>> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>& store,
                                                              const DistributedEnvironment& env,
                                                              std::chrono::milliseconds timeout);

@@ -7,7 +7,10 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -417,6 +420,34 @@ int main(int argc, char** argv) {
   to.num_eval_sets = 0;
   to.max_steps = -1;
   CHECK_NULL_ARG("max_steps", temper_trainer_create(&out_trainer, model, mixer, adapter, &to));
+  to.max_steps = 100;
+  to.distributed = 2;
+  CHECK_NULL_ARG("distributed", temper_trainer_create(&out_trainer, model, mixer, adapter, &to));
+  to.distributed = 1;
+  to.distributed_timeout_ms = 0;
+  CHECK_NULL_ARG("distributed_timeout_ms", temper_trainer_create(&out_trainer, model, mixer, adapter, &to));
+  /* torchrun's environment half set: WORLD_SIZE without RANK. */
+  to.distributed_timeout_ms = 1500;
+  setenv("WORLD_SIZE", "2", 1);
+  unsetenv("RANK");
+  CHECK_NULL_ARG("RANK", temper_trainer_create(&out_trainer, model, mixer, adapter, &to));
+  {
+    /* Rank 0 of 2 whose peer never arrives: c10d's rendezvous failure reaches the C caller as
+       DEADLINE_EXCEEDED naming the rendezvous, after about the timeout, not a hang. */
+    char port[16];
+    time_t started = time(NULL);
+    snprintf(port, sizeof port, "%d", 20000 + (int)(getpid() % 20000));
+    setenv("RANK", "0", 1);
+    setenv("MASTER_ADDR", "127.0.0.1", 1);
+    setenv("MASTER_PORT", port, 1);
+    CHECK_FAILS(TEMPER_DEADLINE_EXCEEDED, "rendezvous", temper_trainer_create(&out_trainer, model, mixer, adapter, &to));
+    CHECK(time(NULL) - started < 30);
+    unsetenv("RANK");
+    unsetenv("WORLD_SIZE");
+    unsetenv("MASTER_ADDR");
+    unsetenv("MASTER_PORT");
+  }
+  to.distributed = 0;
   CHECK(out_trainer == poison);
   /* An old header's trainer options: up to lr; the rest (callbacks, paths) beyond struct_size are
      garbage that must be ignored. */
