@@ -87,6 +87,8 @@ int main(int argc, char** argv) {
   }
   auto comm = Communicator::create(*env, dist, device);
   if (!comm.ok()) return fail(comm.status());
+  std::fprintf(stderr, "worker: rank %d of %d, backend %s, device %s\n", (*comm)->rank(), (*comm)->world_size(),
+               (*comm)->backend_name().c_str(), device.str().c_str());
 
   ModelConfig config;
   config.model_type = "llama";

@@ -11,6 +11,10 @@
 #                  with checkpointing) and the ratio table against the goals; 1B QLoRA alone.
 #                  With BENCH_PROFILE=1 instead: train_bench --profile (one step under the Kineto
 #                  profiler) for 1B LoRA, 1B full and 7B QLoRA with checkpointing, per-op device time
+#   PART=dist      (two GPUs: kind nvidia-h200-x2) the [cuda][distributed] tests (NCCL, bf16
+#                  equivalence with one GPU), then data-parallel scaling: train_bench 1B LoRA and
+#                  full fine-tuning on one GPU and on two through tools/temper-launch (same per-GPU
+#                  batch), full fine-tuning also with ZeRO-1 (--zero)
 # PART may list several, comma-separated. Results go to $OUT (few files: logs are tarred).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -35,7 +39,7 @@ if [[ $part == *,fixtures,* ]]; then
     tests/fixtures/parity/VERSIONS_bloom.json tests/fixtures/peft/bloom_lora tests/fixtures/tokenizers
 fi
 
-if [[ $part == *,build,* || $part == *,bench,* || $part == *,tokbench,* ]]; then
+if [[ $part == *,build,* || $part == *,bench,* || $part == *,tokbench,* || $part == *,dist,* ]]; then
   mkdir -p "$snap/.deps"
   [ "$snap" = "$root" ] || ln -sfn "$root/.deps/debs" "$snap/.deps/debs"
   if ! (. "$snap/tools/gpu/build.sh" > "$out/logs/build.log" 2>&1); then
@@ -79,3 +83,18 @@ elif [[ $part == *,bench,* ]]; then
   "$b/train_bench" --shape 1b --mode qlora 2>> "$out/logs/compare.log" | tail -1 | tee -a "$out/train_bench.jsonl"
 fi
 (cd "$out" && tar czf logs.tgz logs && rm -rf logs)
+
+if [[ $part == *,dist,* ]]; then
+  export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off on the lent machines
+  (cd "$snap" && build-gpu/tests/temper_tests "[cuda][distributed]" -r compact > "$out/logs/dist_tests.log" 2>&1; \
+   echo "dist tests exit $?"); tail -3 "$out/logs/dist_tests.log"
+  b="$snap/build-gpu/bench"
+  for args in "--shape 1b --mode lora" "--shape 1b --mode full" "--shape 1b --mode full --zero"; do
+    if [[ $args != *--zero* ]]; then
+      "$b/train_bench" $args --steps 8 2>> "$out/logs/dist_bench.log" | tee -a "$out/dist_bench.jsonl"
+    fi
+    "$snap/tools/temper-launch" --nproc 2 -- "$b/train_bench" $args --steps 8 2>> "$out/logs/dist_bench.log" \
+      | tee -a "$out/dist_bench.jsonl"
+    echo "launch exit ${PIPESTATUS[0]}"
+  done
+fi
