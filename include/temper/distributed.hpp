@@ -67,6 +67,10 @@ class TEMPER_API Communicator {
   static StatusOr<std::shared_ptr<Communicator>> from_environment(const DistributedOptions& options,
                                                                   at::Device device);
 
+  // Whether this build carries the backend (Gloo needs libgloo-dev's headers at build time, NCCL
+  // a CUDA libtorch and nccl.h); kAuto: either. Without it create() answers UNIMPLEMENTED.
+  static bool available(DistributedBackend backend);
+
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;

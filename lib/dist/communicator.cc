@@ -70,6 +70,18 @@ StatusOr<DistributedEnvironment> DistributedEnvironment::from_environment() {
   return env;
 }
 
+bool Communicator::available(DistributedBackend backend) {
+  switch (backend) {
+    case DistributedBackend::kGloo:
+      return gloo_backend_compiled();
+    case DistributedBackend::kNccl:
+      return nccl_backend_compiled();
+    case DistributedBackend::kAuto:
+      break;
+  }
+  return gloo_backend_compiled() || nccl_backend_compiled();
+}
+
 Status status_from_exception(const std::string& context, const std::exception& e, const std::string& hint) {
   const std::string message = message_of(e);
   return is_timeout(message) ? Status(absl::DeadlineExceededError(str_cat(context, message, hint)))
@@ -142,6 +154,13 @@ StatusOr<std::shared_ptr<Communicator>> Communicator::create(const DistributedEn
   impl->options = options;
   impl->device = device;
   if (env.world_size == 1) return std::shared_ptr<Communicator>(new Communicator(std::move(impl)));
+  if (!available(backend)) {
+    // Before any rendezvous, so the other ranks are not left waiting: the stub's UNIMPLEMENTED
+    // says what the build lacks.
+    return (backend == DistributedBackend::kNccl ? make_nccl_backend({}, env, device, options.timeout)
+                                                 : make_gloo_backend({}, env, options.timeout))
+        .status();
+  }
 
   impl->backend_name = backend == DistributedBackend::kNccl ? "nccl" : "gloo";
   const std::string where = str_cat("rendezvous of rank ", env.rank, " of ", env.world_size, " at ", env.master_addr,

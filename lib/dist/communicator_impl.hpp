@@ -42,6 +42,9 @@ struct Communicator::Impl {
 // the message is `context` + the exception's own (without libtorch's C++ backtrace) + `hint`.
 Status status_from_exception(const std::string& context, const std::exception& e, const std::string& hint = "");
 
+bool gloo_backend_compiled();
+bool nccl_backend_compiled();
+
 StatusOr<c10::intrusive_ptr<compat::C10dGroup>> make_gloo_backend(const c10::intrusive_ptr<c10d::Store>& store,
                                                              const DistributedEnvironment& env,
                                                              std::chrono::milliseconds timeout);

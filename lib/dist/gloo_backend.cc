@@ -45,4 +45,12 @@ StatusOr<c10::intrusive_ptr<compat::C10dGroup>> make_gloo_backend(const c10::int
 #endif
 }
 
+bool gloo_backend_compiled() {
+#if defined(TEMPER_HAVE_GLOO)
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace temper

@@ -42,4 +42,12 @@ StatusOr<c10::intrusive_ptr<compat::C10dGroup>> make_nccl_backend(const c10::int
 #endif
 }
 
+bool nccl_backend_compiled() {
+#if defined(TEMPER_HAVE_NCCL)
+  return true;
+#else
+  return false;
+#endif
+}
+
 }  // namespace temper
