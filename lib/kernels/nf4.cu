@@ -10,8 +10,8 @@
 // One thread block owns one quantization block (absmax by a block reduction, then one thread per
 // byte); dequantization is one thread per byte. Reference: nf4_quantize_blocks_reference /
 // nf4_dequantize_blocks_reference in lib/quant/nf4_ops.cc; parity test tests/cuda/nf4_kernel_test.cc.
-// Dequantization takes 16 values per thread (8-byte loads, 16-byte stores) when n % 16 == 0 and
-// the pointers are aligned, else one byte per thread; with double quantization the absmax decode
+// Dequantization takes 8-value chunks (4-byte loads, 16-byte stores, warp-coalesced) when
+// n % 8 == 0 and the pointers are aligned, else one byte per thread; with double quantization the absmax decode
 // is fused into the same kernel (no fp32 absmax array is materialised).
 #include "kernels/nf4.cuh"
 
@@ -120,36 +120,50 @@ __global__ void nf4_dequantize_kernel(T* __restrict__ out, const uint8_t* __rest
   if (first + 1 < n) out[first + 1] = from_float<T>(lut[b & 15] * scale);
 }
 
-// Sixteen values per thread: one 8-byte load of codes and 16-byte stores, for n % 16 == 0 with
-// 16-byte aligned output and 8-byte aligned codes (what ATen's allocations give). 16 divides every
-// supported blocksize, so a thread's values share one absmax. This is the bandwidth path
-// (docs/performance.md): the scalar kernel's 2- and 4-byte stores leave HBM underused.
+// The bandwidth path (docs/performance.md), for n % 8 == 0 with 16-byte aligned output and
+// 4-byte aligned codes (what ATen's allocations give). Work comes in chunks of 8 values: one
+// 4-byte load of codes, one 16-byte store per 8 bytes of output. Each thread takes kChunks chunks
+// strided by the warp, so that every load and store instruction of a warp covers one contiguous
+// span (128 bytes of codes, 512 bytes of bf16) — fully coalesced, where a thread writing its own
+// 32 contiguous bytes would leave each store instruction half-used — and several independent
+// loads are in flight per thread. 8 divides every supported blocksize, so a chunk's values share
+// one absmax.
+constexpr int kChunkValues = 8;
+constexpr int kChunks = 4;
+
 template <typename T, typename Absmax>
-__global__ void nf4_dequantize16_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed, Absmax absmax,
-                                        const float* __restrict__ levels, int64_t groups, int blocksize_shift) {
+__global__ void nf4_dequantize8_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed, Absmax absmax,
+                                       const float* __restrict__ levels, int64_t chunks, int blocksize_shift) {
   __shared__ float lut[16];
   if (threadIdx.x < 16) lut[threadIdx.x] = levels[threadIdx.x];
   __syncthreads();
-  const int64_t group = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (group >= groups) return;
-  const uint2 codes = __ldg(reinterpret_cast<const uint2*>(packed) + group);
-  const float scale = absmax((group * 16) >> blocksize_shift);
-  alignas(16) T values[16];
-  const uint32_t words[2] = {codes.x, codes.y};
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t base = warp * 32 * kChunks + lane;
+  uint32_t words[kChunks];
 #pragma unroll
-  for (int w = 0; w < 2; ++w) {
+  for (int c = 0; c < kChunks; ++c) {
+    const int64_t chunk = base + 32 * c;
+    words[c] = chunk < chunks ? __ldg(reinterpret_cast<const uint32_t*>(packed) + chunk) : 0u;
+  }
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int64_t chunk = base + 32 * c;
+    if (chunk >= chunks) break;
+    const float scale = absmax((chunk * kChunkValues) >> blocksize_shift);
+    alignas(16) T values[kChunkValues];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const uint32_t byte = (words[w] >> (8 * k)) & 0xffu;  // little endian: byte k of the word
-      values[8 * w + 2 * k] = from_float<T>(lut[byte >> 4] * scale);
-      values[8 * w + 2 * k + 1] = from_float<T>(lut[byte & 15] * scale);
+      const uint32_t byte = (words[c] >> (8 * k)) & 0xffu;  // little endian: byte k of the word
+      values[2 * k] = from_float<T>(lut[byte >> 4] * scale);
+      values[2 * k + 1] = from_float<T>(lut[byte & 15] * scale);
     }
-  }
-  constexpr int kVectors = static_cast<int>(sizeof(T));  // 16 values x sizeof(T) bytes / 16 bytes
-  uint4* dst = reinterpret_cast<uint4*>(out) + group * kVectors;
-  const uint4* src = reinterpret_cast<const uint4*>(values);
+    constexpr int kVectors = static_cast<int>(sizeof(T)) / 2;  // 8 values x sizeof(T) bytes / 16 bytes
+    uint4* dst = reinterpret_cast<uint4*>(out) + chunk * kVectors;
+    const uint4* src = reinterpret_cast<const uint4*>(values);
 #pragma unroll
-  for (int v = 0; v < kVectors; ++v) dst[v] = src[v];
+    for (int v = 0; v < kVectors; ++v) dst[v] = src[v];
+  }
 }
 
 int log2_exact(int64_t v) {
@@ -162,13 +176,14 @@ template <typename T, typename Absmax>
 cudaError_t launch_dequantize(T* out, const uint8_t* packed, Absmax absmax, const float* levels, int64_t n,
                               int64_t blocksize, cudaStream_t stream) {
   constexpr int kThreads = 256;
-  const bool vector = n % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
-                      reinterpret_cast<uintptr_t>(packed) % 8 == 0;
-  const int64_t work = vector ? n / 16 : (n + 1) / 2;
-  const int64_t grid = (work + kThreads - 1) / kThreads;
+  const bool vector = n % kChunkValues == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
+                      reinterpret_cast<uintptr_t>(packed) % 4 == 0;
+  const int64_t work = vector ? n / kChunkValues : (n + 1) / 2;  // chunks, or bytes
+  const int64_t per_block = vector ? int64_t{kThreads} * kChunks : kThreads;
+  const int64_t grid = (work + per_block - 1) / per_block;
   if (grid > 0x7fffffff) return cudaErrorInvalidValue;
   if (vector) {
-    nf4_dequantize16_kernel<T, Absmax><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(
+    nf4_dequantize8_kernel<T, Absmax><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(
         out, packed, absmax, levels, work, log2_exact(blocksize));
   } else {
     nf4_dequantize_kernel<T, Absmax><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, packed, absmax, levels,
