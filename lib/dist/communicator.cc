@@ -82,7 +82,7 @@ bool Communicator::available(DistributedBackend backend) {
   return gloo_backend_compiled() || nccl_backend_compiled();
 }
 
-Status status_from_exception(const std::string& context, const std::exception& e, const std::string& hint) {
+Status c10d_failure_status(const std::string& context, const std::exception& e, const std::string& hint) {
   const std::string message = message_of(e);
   return is_timeout(message) ? Status(absl::DeadlineExceededError(str_cat(context, message, hint)))
                              : Status(absl::UnavailableError(str_cat(context, message, hint)));
@@ -92,7 +92,7 @@ Status Communicator::Impl::fail(const std::string& what, const std::exception& e
   const std::string context = str_cat(what, " on rank ", env.rank, " of ", env.world_size, " (", backend_name, "): ");
   const std::string hint = "; another rank may have failed or been killed, or be unreachable. The run cannot continue; "
                            "resume from the last checkpoint";
-  failure = status_from_exception(context, e, hint);
+  failure = c10d_failure_status(context, e, hint);
   return failure;
 }
 
@@ -174,7 +174,7 @@ StatusOr<std::shared_ptr<Communicator>> Communicator::create(const DistributedEn
     store_options.timeout = options.timeout;
     impl->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, store_options);
   } catch (const std::exception& e) {
-    return status_from_exception(str_cat(where, " failed: "), e,
+    return c10d_failure_status(str_cat(where, " failed: "), e,
                                  env.rank == 0 ? " (is the port free? do all ranks start within the timeout?)"
                                                : " (is rank 0 running and reachable at that address?)");
   }

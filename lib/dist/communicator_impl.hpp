@@ -40,7 +40,7 @@ struct Communicator::Impl {
 
 // A c10d exception as a status: DEADLINE_EXCEEDED when it says it timed out, else UNAVAILABLE;
 // the message is `context` + the exception's own (without libtorch's C++ backtrace) + `hint`.
-Status status_from_exception(const std::string& context, const std::exception& e, const std::string& hint = "");
+Status c10d_failure_status(const std::string& context, const std::exception& e, const std::string& hint = "");
 
 bool gloo_backend_compiled();
 bool nccl_backend_compiled();

@@ -32,7 +32,7 @@ StatusOr<c10::intrusive_ptr<compat::C10dGroup>> make_gloo_backend(const c10::int
     return c10::intrusive_ptr<compat::C10dGroup>(
         c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank, env.world_size, options));
   } catch (const std::exception& e) {
-    return status_from_exception("creating the Gloo process group failed: ", e,
+    return c10d_failure_status("creating the Gloo process group failed: ", e,
                                  " (every rank must start within the timeout)");
   }
 #else

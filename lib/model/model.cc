@@ -365,7 +365,10 @@ StatusOr<Model> Model::random(const ModelConfig& config, const ModelOptions& opt
 
 StatusOr<ForwardOutput> Model::forward(const ForwardInput& input, KvCache* cache) const {
   const ModelConfig& config = impl_->config;
-  TEMPER_ASSIGN_OR_RETURN(at::Tensor ids, checked_ids(input, config));
+  // The checks run tensor ops too (a comparison over every id): guarded like the forward itself.
+  TEMPER_ASSIGN_OR_RETURN(at::Tensor ids, guarded("forward: checking the input", [&]() -> StatusOr<at::Tensor> {
+                            return checked_ids(input, config);
+                          }));
   if (cache != nullptr && cache->length > 0 && (cache->keys.size() != static_cast<size_t>(config.num_layers) ||
                                                 cache->keys[0].size(0) != ids.size(0))) {
     return absl::InvalidArgumentError("forward: the KV cache belongs to another model or batch; clear() it first");

@@ -302,7 +302,9 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
   int64_t tokens = 0;
   for (int64_t i = 0; i < options.gradient_accumulation_steps; ++i) {
     TEMPER_ASSIGN_OR_RETURN(Batch batch, data->next());
-    tokens += scored_tokens(batch);
+    TEMPER_ASSIGN_OR_RETURN(const int64_t scored, guarded("counting the scored tokens of a batch",
+                                                          [&]() -> StatusOr<int64_t> { return scored_tokens(batch); }));
+    tokens += scored;
     micro.push_back(std::move(batch));
   }
   if (tokens == 0) {

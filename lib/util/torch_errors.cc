@@ -27,13 +27,25 @@ bool is_cpu_allocation_failure(const c10::Error& e) {
          msg.find("DefaultCPUAllocator: not enough memory") != std::string::npos;
 }
 
+// Device memory that runs out outside the caching allocator (which throws OutOfMemoryError):
+// cuBLAS/cuDNN creating a handle or workspace, or a raw CUDA call checked by C10_CUDA_CHECK.
+// Their c10::Error messages name the library's status (1.13 and 2.x alike).
+bool is_device_allocation_failure(const c10::Error& e) {
+  const std::string& msg = e.msg();
+  for (const char* needle : {"CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUDA error: out of memory",
+                             "CUSOLVER_STATUS_ALLOC_FAILED"}) {
+    if (msg.find(needle) != std::string::npos) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 absl::Status status_from_exception(std::string_view context, const std::exception& e) {
   const auto* c10_error = dynamic_cast<const c10::Error*>(&e);
   if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr ||
       dynamic_cast<const std::bad_alloc*>(&e) != nullptr ||
-      (c10_error != nullptr && is_cpu_allocation_failure(*c10_error))) {
+      (c10_error != nullptr && (is_cpu_allocation_failure(*c10_error) || is_device_allocation_failure(*c10_error)))) {
     return absl::ResourceExhaustedError(
         str_cat(context, ": out of memory (", first_lines(e.what(), 1),
                      "); try a smaller batch or sequence length"));

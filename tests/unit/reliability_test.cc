@@ -18,6 +18,9 @@
 #include "temper/batch.hpp"
 #include "temper/trainer.hpp"
 #include "train/checkpoint_dir.hpp"
+#include "util/torch_errors.hpp"
+
+#include <c10/util/Exception.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #define TEMPER_TEST_ASAN 1
@@ -308,3 +311,24 @@ extern "C" __attribute__((visibility("default"), used)) const char* __asan_defau
   return "allocator_may_return_null=1:max_allocation_size_mb=8192";
 }
 #endif
+
+TEST_CASE("device memory that runs out outside the caching allocator is RESOURCE_EXHAUSTED too", "[unit][reliability]") {
+  // cuBLAS creating its handle or workspace, cuDNN, or a raw CUDA call: libtorch throws a plain
+  // c10::Error whose message names the library's status, not OutOfMemoryError.
+  auto throwing = [](const char* message) {
+    return guarded("step", [&]() -> absl::Status {
+      throw c10::Error(c10::SourceLocation{__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, message);
+    });
+  };
+  for (const char* message : {"CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                              "cuDNN error: CUDNN_STATUS_ALLOC_FAILED", "CUDA error: out of memory"}) {
+    const absl::Status status = throwing(message);
+    INFO(status.ToString());
+    CHECK(status.code() == absl::StatusCode::kResourceExhausted);
+    CHECK_THAT(std::string(status.message()), Catch::Contains("try a smaller batch"));
+  }
+  // Any other libtorch error stays INTERNAL, with its message.
+  const absl::Status other = throwing("CUDA error: an illegal memory access was encountered");
+  CHECK(other.code() == absl::StatusCode::kInternal);
+  CHECK_THAT(std::string(other.message()), Catch::Contains("illegal memory access"));
+}
