@@ -15,6 +15,8 @@
 #                  equivalence with one GPU), then data-parallel scaling: train_bench 1B LoRA and
 #                  full fine-tuning on one GPU and on two through tools/temper-launch (same per-GPU
 #                  batch), full fine-tuning also with ZeRO-1 (--zero)
+#   PART=losscurve bench/loss_curve.py: temper's and transformers (+ PEFT)'s loss curves on the same
+#                  tokens and initial adapter, LoRA and full fine-tuning, fp32 (needs data/corpora carried)
 # PART may list several, comma-separated. Results go to $OUT (few files: logs are tarred).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -39,7 +41,8 @@ if [[ $part == *,fixtures,* ]]; then
     tests/fixtures/parity/VERSIONS_bloom.json tests/fixtures/peft/bloom_lora tests/fixtures/tokenizers
 fi
 
-if [[ $part == *,build,* || $part == *,bench,* || $part == *,tokbench,* || $part == *,dist,* ]]; then
+if [[ $part == *,build,* || $part == *,bench,* || $part == *,tokbench,* || $part == *,dist,* ||
+      $part == *,losscurve,* ]]; then
   mkdir -p "$snap/.deps"
   [ "$snap" = "$root" ] || ln -sfn "$root/.deps/debs" "$snap/.deps/debs"
   if ! (. "$snap/tools/gpu/build.sh" > "$out/logs/build.log" 2>&1); then
@@ -81,6 +84,14 @@ elif [[ $part == *,bench,* ]]; then
   echo "compare exit ${PIPESTATUS[0]}"; grep -A3 "failed" "$out/logs/compare.log" | head -40
   # 1B QLoRA has no peer in the table (bitsandbytes' 1B row was not a goal); kept for the record.
   "$b/train_bench" --shape 1b --mode qlora 2>> "$out/logs/compare.log" | tail -1 | tee -a "$out/train_bench.jsonl"
+fi
+if [[ $part == *,losscurve,* ]]; then
+  # The table to loss_curve.md, every row to loss_curve.jsonl; tokens, adapters and run logs under logs/.
+  python3 "$snap/bench/loss_curve.py" --loss-curve "$snap/build-gpu/bench/loss_curve" --model "$snap/assets/model" \
+    --text "$root/data/corpora/medical_train.txt" --work "$out/logs/loss_curve" --modes lora,full \
+    --steps 30 --batch 8 --seq 256 --lr 1e-3 --device cuda --dtype f32 --attn sdpa \
+    --out-jsonl "$out/loss_curve.jsonl" 2> "$out/logs/loss_curve.log" | tee "$out/loss_curve.md"
+  echo "loss_curve exit ${PIPESTATUS[0]}"; tail -5 "$out/logs/loss_curve.log"
 fi
 (cd "$out" && tar czf logs.tgz logs && rm -rf logs)
 
