@@ -13,6 +13,10 @@ using torch::autograd::tensor_list;
 
 constexpr int64_t kIgnore = -100;
 constexpr int64_t kChunkLogitBytes = int64_t{256} << 20;
+// When the head's weight trains (full fine-tuning), every chunk adds its [V, H] weight gradient
+// into an fp32 buffer: at vocab 128k that is a 1 GiB read-modify-write per chunk (15 ms of a
+// 200 ms step with 16 chunks on an H200, docs/performance.md), so fewer, larger chunks win there.
+constexpr int64_t kChunkLogitBytesTrainedHead = int64_t{1} << 30;
 
 class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
  public:
@@ -69,8 +73,11 @@ at::Tensor linear_cross_entropy_sum(const at::Tensor& h, const at::Tensor& weigh
   TORCH_CHECK(h.dim() == 2 && weight.dim() == 2 && h.size(1) == weight.size(1), "linear_cross_entropy_sum: h [N, H] and "
               "weight [V, H] expected, got ", h.sizes(), " and ", weight.sizes());
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == h.size(0), "linear_cross_entropy_sum: labels [N] expected");
-  if (chunk_rows <= 0) chunk_rows = std::max<int64_t>(1, kChunkLogitBytes / (4 * std::max<int64_t>(weight.size(0), 1)));
   const bool want_grad = at::GradMode::is_enabled() && (h.requires_grad() || weight.requires_grad());
+  if (chunk_rows <= 0) {
+    const int64_t budget = want_grad && weight.requires_grad() ? kChunkLogitBytesTrainedHead : kChunkLogitBytes;
+    chunk_rows = std::max<int64_t>(1, budget / (4 * std::max<int64_t>(weight.size(0), 1)));
+  }
   return LinearCrossEntropy::apply(h, weight, labels.to(at::kLong), chunk_rows, want_grad);
 }
 
