@@ -93,8 +93,6 @@ if [[ $part == *,losscurve,* ]]; then
     --out-jsonl "$out/loss_curve.jsonl" 2> "$out/logs/loss_curve.log" | tee "$out/loss_curve.md"
   echo "loss_curve exit ${PIPESTATUS[0]}"; tail -5 "$out/logs/loss_curve.log"
 fi
-(cd "$out" && tar czf logs.tgz logs && rm -rf logs)
-
 if [[ $part == *,dist,* ]]; then
   export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off on the lent machines
   (cd "$snap" && build-gpu/tests/temper_tests "[cuda][distributed]" -r compact > "$out/logs/dist_tests.log" 2>&1; \
@@ -109,3 +107,5 @@ if [[ $part == *,dist,* ]]; then
     echo "launch exit ${PIPESTATUS[0]}"
   done
 fi
+
+(cd "$out" && tar czf logs.tgz logs && rm -rf logs)
