@@ -21,6 +21,7 @@
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
+work_root=$root  # sourcing build.sh below sets its own $root (the snapshot's)
 out=${OUT:-/tmp/out}
 mkdir -p "$out/logs"
 export PYTHONUNBUFFERED=1
@@ -88,7 +89,7 @@ fi
 if [[ $part == *,losscurve,* ]]; then
   # The table to loss_curve.md, every row to loss_curve.jsonl; tokens, adapters and run logs under logs/.
   python3 "$snap/bench/loss_curve.py" --loss-curve "$snap/build-gpu/bench/loss_curve" --model "$snap/assets/model" \
-    --text "$root/data/corpora/medical_train.txt" --work "$out/logs/loss_curve" --modes lora,full \
+    --text "$work_root/data/corpora/medical_train.txt" --work "$out/logs/loss_curve" --modes lora,full \
     --steps 30 --batch 8 --seq 256 --lr 1e-3 --device cuda --dtype f32 --attn sdpa \
     --out-jsonl "$out/loss_curve.jsonl" 2> "$out/logs/loss_curve.log" | tee "$out/loss_curve.md"
   echo "loss_curve exit ${PIPESTATUS[0]}"; tail -5 "$out/logs/loss_curve.log"
