@@ -268,6 +268,8 @@ TEST_CASE("two Gloo processes train exactly as one process on the same global ba
 // from one GPU's larger ones, so the tolerance is bf16's (a few ulps of 2^-8) instead of fp32's.
 TEST_CASE("two NCCL processes on two GPUs train as one GPU does, within bf16 rounding", "[cuda][distributed]") {
   SKIP_WITHOUT_CUDA();
+  // A CUDA build must carry NCCL (tools/gpu/build.sh finds nccl.h): checked even on one GPU.
+  REQUIRE(Communicator::available(DistributedBackend::kNccl));
   if (at::detail::getCUDAHooks().getNumGPUs() < 2) {
     WARN("one GPU: the two-GPU [cuda][distributed] test is skipped");
     return;
