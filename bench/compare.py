@@ -25,6 +25,8 @@ import os
 import subprocess
 import sys
 
+from jsonl import parse_json_lines  # bench/jsonl.py: the scripts run from bench/
+
 # PEFT + bitsandbytes QLoRA, 7B shape, gradient checkpointing, batch 4 x 2048, one H200:
 # the recorded row of ../shared/baselines.md (2026-11-28, bitsandbytes 0.50.2). bitsandbytes is not
 # installed on the GPU machine, so this peer cannot run in the same call.
@@ -45,22 +47,6 @@ CASES = {
 }
 # QLoRA at most 5% slower than temper LoRA on the same shape.
 QLORA_VS_LORA_GOAL = 0.95
-
-
-def parse_json_lines(text):
-    """Every line of `text` that is a JSON object, in order; anything else (logs, warnings) is skipped."""
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            out.append(value)
-    return out
 
 
 def train_step(records):

@@ -15,15 +15,11 @@
 #include "io/directory.hpp"
 #include "temper/data_mixer.hpp"
 #include "temper/tokenizer.hpp"
+#include "util/cli_args.hpp"
 
 namespace {
 
-std::string arg(int argc, char** argv, const char* name, const char* fallback) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
-  }
-  return fallback;
-}
+using temper::cli::arg;
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

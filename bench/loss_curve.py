@@ -21,24 +21,10 @@ import os
 import subprocess
 import sys
 
+from jsonl import parse_json_lines  # bench/jsonl.py: the scripts run from bench/
+
 MODES = ("lora", "full")
 DEFAULT_TOL = {"f32": 1e-3, "bf16": 2e-2}
-
-
-def parse_json_lines(text):
-    """Every line of `text` that is a JSON object, in order; anything else (logs, warnings) is skipped."""
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            out.append(value)
-    return out
 
 
 def read_steps(path):

@@ -19,15 +19,11 @@
 #include <nlohmann/json.hpp>
 
 #include "temper/tokenizer.hpp"
+#include "util/cli_args.hpp"
 
 namespace {
 
-std::string arg(int argc, char** argv, const char* name, const char* fallback) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
-  }
-  return fallback;
-}
+using temper::cli::arg;
 
 std::vector<std::string> read_lines(const std::string& path, size_t limit_bytes) {
   std::vector<std::string> lines;

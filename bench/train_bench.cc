@@ -41,8 +41,12 @@
 #include "temper/lora_adapter.hpp"
 #include "temper/model.hpp"
 #include "temper/trainer.hpp"
+#include "util/cli_args.hpp"
 
 namespace {
+
+using temper::cli::arg;
+using temper::cli::flag;
 
 temper::ModelConfig shape(const std::string& name) {
   temper::ModelConfig c;
@@ -82,20 +86,6 @@ class RandomTokens final : public temper::BatchSource {
   at::Device device_;
   at::Generator generator_;
 };
-
-std::string arg(int argc, char** argv, const char* name, const char* fallback) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
-  }
-  return fallback;
-}
-
-bool flag(int argc, char** argv, const char* name) {
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return true;
-  }
-  return false;
-}
 
 std::string json_escape(const std::string& in, size_t max_chars) {
   std::string out;

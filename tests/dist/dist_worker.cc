@@ -28,24 +28,14 @@
 #include "temper/lora_adapter.hpp"
 #include "temper/model.hpp"
 #include "temper/trainer.hpp"
+#include "util/cli_args.hpp"
 
 using namespace temper;
 
 namespace {
 
-std::string arg(int argc, char** argv, const char* name, const char* fallback) {
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return argv[i + 1];
-  }
-  return fallback;
-}
-
-bool flag(int argc, char** argv, const char* name) {
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], name) == 0) return true;
-  }
-  return false;
-}
+using temper::cli::arg;
+using temper::cli::flag;
 
 int fail(const Status& status) {
   std::fprintf(stderr, "worker: %s\n", status.ToString().c_str());
