@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "ops/rope.hpp"
+
 namespace temper {
 namespace {
 
@@ -40,10 +42,17 @@ std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& inv_freq, const
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+at::Tensor apply_rope_reference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t half = x.size(-1) / 2;
   const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
   return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+#ifdef TEMPER_WITH_CUDA
+  if (rope_cuda_supports(x, cos, sin)) return rope_cuda(x, cos, sin);
+#endif
+  return apply_rope_reference(x, cos, sin);
 }
 
 }  // namespace temper

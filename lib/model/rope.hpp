@@ -17,7 +17,13 @@ at::Tensor rope_inv_freq(const ModelConfig& config);
 std::pair<at::Tensor, at::Tensor> rope_cos_sin(const at::Tensor& inv_freq, const at::Tensor& position_ids,
                                                at::ScalarType dtype);
 
-// x [B, H, T, D] rotated by cos/sin [B, T, D].
+// x [B, H, T, D] rotated by cos/sin [B, T, D] (x's dtype). On CUDA tensors a fused kernel
+// (lib/ops/rope.hpp) computes it in fp32 with one rounding and keeps only cos/sin for the
+// backward; elsewhere apply_rope_reference runs.
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// The ATen form, transformers' apply_rotary_pos_emb: x * cos + rotate_half(x) * sin, rounded to
+// x's dtype after each operation. Used off CUDA and by the kernel's parity test.
+at::Tensor apply_rope_reference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 }  // namespace temper
