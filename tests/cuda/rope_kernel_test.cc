@@ -91,7 +91,7 @@ TEST_CASE("fused RoPE forward matches the reference and rounds once", "[cuda]") 
       const auto options = at::TensorOptions().device(at::kCUDA).dtype(at::kFloat);
       // The projection output [B, T, H, D] seen as [B, H, T, D], as decoder_block passes it.
       const at::Tensor x = (at::randn({k.batch, k.seq, k.heads, k.dim}, options) * 2).to(dtype).transpose(1, 2);
-      REQUIRE_FALSE(x.is_contiguous());
+      if (k.heads > 1 && k.seq > 1) REQUIRE_FALSE(x.is_contiguous());
       const auto [c, s] = tables(k.cos_batch, k.seq, k.dim, k.offset, dtype);
       REQUIRE(rope_cuda_supports(x, c, s));
 
