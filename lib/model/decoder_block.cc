@@ -3,6 +3,7 @@
 #include "model/attention.hpp"
 #include "model/rope.hpp"
 #include "ops/rms_norm.hpp"
+#include "ops/swiglu.hpp"
 
 namespace temper {
 
@@ -36,7 +37,7 @@ at::Tensor decoder_layer_forward(const DecoderLayer& layer, const ModelConfig& c
   const at::Tensor h1 = h + layer.o.forward(merged);
 
   const at::Tensor y = rms_norm(h1, layer.mlp_norm, config.rms_norm_eps);
-  const at::Tensor act = at::silu(layer.gate.forward(y)) * layer.up.forward(y);
+  const at::Tensor act = swiglu(layer.gate.forward(y), layer.up.forward(y));
   return h1 + layer.down.forward(act);
 }
 
