@@ -14,6 +14,7 @@
 // n % 8 == 0 and the pointers are aligned, else one byte per thread; with double quantization the absmax decode
 // is fused into the same kernel (no fp32 absmax array is materialised).
 #include "kernels/nf4.cuh"
+#include "kernels/float_convert.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -34,19 +35,6 @@ Nf4Thresholds host_thresholds() {
   for (int k = 0; k < 15; ++k) t.v[k] = kNf4Thresholds[k];
   return t;
 }
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
 
 __device__ __forceinline__ uint8_t nf4_code(float normalized, const Nf4Thresholds& t) {
   uint8_t code = 0;

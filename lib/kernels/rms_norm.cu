@@ -12,6 +12,7 @@
 // (deterministic). Reference: rms_norm_reference in lib/ops/rms_norm.cc; parity test
 // tests/cuda/rms_norm_kernel_test.cc.
 #include "kernels/rms_norm.cuh"
+#include "kernels/float_convert.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -21,19 +22,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxPartialBlocks = 256;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
 
 // Sum over the block; every thread gets the result. `scratch` holds one float per warp.
 __device__ float block_sum(float value, float* scratch) {

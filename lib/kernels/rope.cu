@@ -16,6 +16,7 @@
 // both. Reference: apply_rope_reference in lib/model/rope.cc; parity test
 // tests/cuda/rope_kernel_test.cc.
 #include "kernels/rope.cuh"
+#include "kernels/float_convert.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -26,19 +27,6 @@ namespace {
 constexpr int kThreads = 256;
 // Enough blocks to fill any current GPU several times over; larger inputs loop (grid stride).
 constexpr int64_t kMaxBlocks = int64_t{1} << 16;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
 
 // kTransposed = false: the forward rotation; true: its transpose (the backward).
 template <typename T, bool kTransposed>

@@ -18,6 +18,7 @@
 // Reference: swiglu_reference / swiglu_backward_reference in lib/ops/swiglu.cc; parity test
 // tests/cuda/swiglu_kernel_test.cc.
 #include "kernels/swiglu.cuh"
+#include "kernels/float_convert.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -29,19 +30,6 @@ constexpr int kThreads = 256;
 // Enough blocks to fill any current GPU several times over; larger inputs loop (grid stride).
 constexpr int64_t kMaxBlocks = int64_t{1} << 16;
 constexpr int kPackBytes = 16;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 

@@ -1,6 +1,7 @@
 #include "ops/rms_norm.hpp"
 
 #ifdef TEMPER_WITH_CUDA
+#include "ops/cuda_dispatch.hpp"
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
@@ -20,21 +21,6 @@ at::Tensor rms_norm_reference(const at::Tensor& x, const at::Tensor& weight, dou
 
 #ifdef TEMPER_WITH_CUDA
 namespace {
-
-void check_cuda(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, ": ", cudaGetErrorString(err));
-}
-
-// Calls `fn` with the kernel's element type for x's dtype.
-template <typename Fn>
-void dispatch_float_type(at::ScalarType type, Fn&& fn) {
-  switch (type) {
-    case at::kFloat: fn(float{}); break;
-    case at::kBFloat16: fn(__nv_bfloat16{}); break;
-    case at::kHalf: fn(__half{}); break;
-    default: TORCH_CHECK(false, "rms_norm: unsupported dtype ", type);
-  }
-}
 
 class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
  public:
@@ -66,7 +52,7 @@ std::pair<at::Tensor, at::Tensor> rms_norm_cuda_forward(const at::Tensor& x, con
   at::Tensor y = at::empty_like(xc);
   at::Tensor rstd = at::empty({rows}, xc.options().dtype(at::kFloat));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_float_type(x.scalar_type(), [&](auto tag) {
+  dispatch_float_type(x.scalar_type(), "rms_norm", [&](auto tag) {
     using T = decltype(tag);
     check_cuda(launch_rms_norm_forward(reinterpret_cast<T*>(y.data_ptr()), rstd.data_ptr<float>(),
                                        reinterpret_cast<const T*>(xc.data_ptr()),
@@ -90,7 +76,7 @@ std::pair<at::Tensor, at::Tensor> rms_norm_cuda_backward(const at::Tensor& dy, c
   at::Tensor partial = at::empty({blocks, hidden}, xc.options().dtype(at::kFloat));
   at::Tensor dw = at::empty_like(wc);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_float_type(x.scalar_type(), [&](auto tag) {
+  dispatch_float_type(x.scalar_type(), "rms_norm", [&](auto tag) {
     using T = decltype(tag);
     check_cuda(launch_rms_norm_backward(reinterpret_cast<T*>(dx.data_ptr()), reinterpret_cast<T*>(dw.data_ptr()),
                                         partial.data_ptr<float>(), reinterpret_cast<const T*>(dyc.data_ptr()),

@@ -1,6 +1,7 @@
 #include "ops/rope.hpp"
 
 #ifdef TEMPER_WITH_CUDA
+#include "ops/cuda_dispatch.hpp"
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
@@ -14,21 +15,6 @@ namespace temper {
 
 #ifdef TEMPER_WITH_CUDA
 namespace {
-
-void check_cuda(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, ": ", cudaGetErrorString(err));
-}
-
-// Calls `fn` with the kernel's element type for `type`.
-template <typename Fn>
-void dispatch_float_type(at::ScalarType type, Fn&& fn) {
-  switch (type) {
-    case at::kFloat: fn(float{}); break;
-    case at::kBFloat16: fn(__nv_bfloat16{}); break;
-    case at::kHalf: fn(__half{}); break;
-    default: TORCH_CHECK(false, "rope: unsupported dtype ", type);
-  }
-}
 
 RopeLayout layout_of(const at::Tensor& t) {  // t [B, H, T, D], stride(3) == 1
   return RopeLayout{t.stride(0), t.stride(1), t.stride(2)};
@@ -54,7 +40,7 @@ at::Tensor rotate(const at::Tensor& input, const at::Tensor& cos, const at::Tens
   const at::Tensor out = at::empty({batch, seq, heads, dim}, in.options()).transpose(1, 2);
   const RopeShape shape{batch, heads, seq, dim};
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_float_type(in.scalar_type(), [&](auto tag) {
+  dispatch_float_type(in.scalar_type(), "rope", [&](auto tag) {
     using T = decltype(tag);
     const auto launch = transposed ? launch_rope_backward<T> : launch_rope_forward<T>;
     check_cuda(launch(reinterpret_cast<T*>(out.data_ptr()), reinterpret_cast<const T*>(in.data_ptr()),

@@ -1,6 +1,7 @@
 #include "ops/swiglu.hpp"
 
 #ifdef TEMPER_WITH_CUDA
+#include "ops/cuda_dispatch.hpp"
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
@@ -22,21 +23,6 @@ std::pair<at::Tensor, at::Tensor> swiglu_backward_reference(const at::Tensor& da
 
 #ifdef TEMPER_WITH_CUDA
 namespace {
-
-void check_cuda(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, ": ", cudaGetErrorString(err));
-}
-
-// Calls `fn` with the kernel's element type for `type`.
-template <typename Fn>
-void dispatch_float_type(at::ScalarType type, Fn&& fn) {
-  switch (type) {
-    case at::kFloat: fn(float{}); break;
-    case at::kBFloat16: fn(__nv_bfloat16{}); break;
-    case at::kHalf: fn(__half{}); break;
-    default: TORCH_CHECK(false, "swiglu: unsupported dtype ", type);
-  }
-}
 
 bool fused_dtype(at::ScalarType type) {
   return type == at::kFloat || type == at::kBFloat16 || type == at::kHalf;
@@ -77,7 +63,7 @@ at::Tensor swiglu_cuda_forward(const at::Tensor& gate, const at::Tensor& up) {
   const at::Tensor uc = up.contiguous();
   at::Tensor act = at::empty_like(gc, at::MemoryFormat::Contiguous);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_float_type(gate.scalar_type(), [&](auto tag) {
+  dispatch_float_type(gate.scalar_type(), "swiglu", [&](auto tag) {
     using T = decltype(tag);
     check_cuda(launch_swiglu_forward(reinterpret_cast<T*>(act.data_ptr()), reinterpret_cast<const T*>(gc.data_ptr()),
                                      reinterpret_cast<const T*>(uc.data_ptr()), gc.numel(), stream),
@@ -100,7 +86,7 @@ std::pair<at::Tensor, at::Tensor> swiglu_cuda_backward(const at::Tensor& dact, c
   at::Tensor dgate = at::empty_like(gc, at::MemoryFormat::Contiguous);
   at::Tensor dup = at::empty_like(gc, at::MemoryFormat::Contiguous);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  dispatch_float_type(gate.scalar_type(), [&](auto tag) {
+  dispatch_float_type(gate.scalar_type(), "swiglu", [&](auto tag) {
     using T = decltype(tag);
     check_cuda(launch_swiglu_backward(reinterpret_cast<T*>(dgate.data_ptr()), reinterpret_cast<T*>(dup.data_ptr()),
                                       reinterpret_cast<const T*>(dc.data_ptr()),

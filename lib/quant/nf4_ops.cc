@@ -5,6 +5,7 @@
 #include "quant/nf4_codebook.hpp"
 
 #ifdef TEMPER_WITH_CUDA
+#include "ops/cuda_dispatch.hpp"
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
@@ -31,19 +32,6 @@ at::Tensor thresholds_on(const at::Device& device) {
   return at::tensor(std::vector<float>(t.begin(), t.end())).to(device);
 }
 
-#ifdef TEMPER_WITH_CUDA
-void check_cuda(cudaError_t err, const char* what) { TORCH_CHECK(err == cudaSuccess, what, ": ", cudaGetErrorString(err)); }
-
-template <typename Fn>
-void dispatch_float(at::ScalarType type, Fn&& fn) {
-  switch (type) {
-    case at::kFloat: fn(float{}); break;
-    case at::kBFloat16: fn(__nv_bfloat16{}); break;
-    case at::kHalf: fn(__half{}); break;
-    default: TORCH_CHECK(false, "nf4: unsupported dtype ", type);
-  }
-}
-#endif
 
 }  // namespace
 
@@ -81,7 +69,7 @@ std::pair<at::Tensor, at::Tensor> nf4_quantize_blocks(const at::Tensor& w, int64
     at::Tensor absmax = at::empty({ceil_div(n, blocksize)}, x.options().dtype(at::kFloat));
     at::Tensor packed = at::empty({ceil_div(n, 2), 1}, x.options().dtype(at::kByte));
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    dispatch_float(x.scalar_type(), [&](auto tag) {
+    dispatch_float_type(x.scalar_type(), "nf4", [&](auto tag) {
       using T = decltype(tag);
       check_cuda(launch_nf4_quantize(packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(),
                                      reinterpret_cast<const T*>(x.data_ptr()), n, blocksize, stream),
@@ -103,7 +91,7 @@ at::Tensor nf4_dequantize_blocks(const at::Tensor& packed, const at::Tensor& abs
     const at::Tensor l = levels.to(at::kFloat).contiguous();
     at::Tensor out = at::empty({n}, p.options().dtype(dtype));
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    dispatch_float(dtype, [&](auto tag) {
+    dispatch_float_type(dtype, "nf4", [&](auto tag) {
       using T = decltype(tag);
       check_cuda(launch_nf4_dequantize(reinterpret_cast<T*>(out.data_ptr()), p.data_ptr<uint8_t>(), a.data_ptr<float>(),
                                        l.data_ptr<float>(), n, blocksize, stream),
@@ -129,7 +117,7 @@ at::Tensor nf4_dequantize_nested_blocks(const at::Tensor& packed, const at::Tens
     const at::Tensor l = levels.to(at::kFloat).contiguous();
     at::Tensor out = at::empty({n}, p.options().dtype(dtype));
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    dispatch_float(dtype, [&](auto tag) {
+    dispatch_float_type(dtype, "nf4", [&](auto tag) {
       using T = decltype(tag);
       check_cuda(launch_nf4_dequantize_nested(reinterpret_cast<T*>(out.data_ptr()), p.data_ptr<uint8_t>(),
                                               codes.data_ptr<uint8_t>(), map.data_ptr<float>(), scales.data_ptr<float>(),
