@@ -62,7 +62,6 @@ void GradientReducer::arm() {
   std::fill(arrived_.begin(), arrived_.end(), false);
   for (Bucket& b : buckets_) {
     b.pending = b.members.size();
-    b.launched = false;
   }
   for (auto& w : works_) w.reset();
 }
@@ -100,11 +99,9 @@ void GradientReducer::launch_ready_locked() {
 }
 
 Status GradientReducer::launch_locked(size_t b) {
-  Bucket& bucket = buckets_[b];
-  bucket.launched = true;
   Communicator::Impl& comm = communicator_.impl();
   if (!comm.backend) return absl::OkStatus();
-  std::vector<at::Tensor> tensors{bucket.buffer};
+  std::vector<at::Tensor> tensors{buckets_[b].buffer};
   auto started = comm.start(str_cat("gradient all-reduce (bucket ", b + 1, " of ", buckets_.size(), ")"),
                             [&] { return comm.backend->allreduce(tensors); });
   if (!started.ok()) return started.status();

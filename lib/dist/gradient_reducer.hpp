@@ -45,15 +45,11 @@ class GradientReducer {
   // Disarms after a failed backward, so that the next step starts clean.
   void reset();
 
-  int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
-  bool overlapping() const { return overlap_; }
-
  private:
   struct Bucket {
     at::Tensor buffer;            // [numel] fp32
     std::vector<size_t> members;  // indices into params_
     size_t pending = 0;           // members whose gradient has not arrived this backward
-    bool launched = false;
   };
 
   void on_gradient(size_t index, const at::Tensor& grad);  // from autograd threads

@@ -4,11 +4,14 @@
    fields it lacks; a newer, larger one is accepted only when the unknown tail is zero), the
    buffer rules, the status names, and the last error per thread.
    Usage: capi_args_test <repo root> */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +32,23 @@
 #define CHECK_NULL_ARG(word, call) CHECK_FAILS(TEMPER_INVALID_ARGUMENT, word, call)
 
 static void* poison = (void*)0x1; /* an output that must stay untouched */
+
+/* A loopback TCP port nobody listens on now (the kernel's pick for port 0). */
+static int free_port(void) {
+  struct sockaddr_in addr;
+  socklen_t len = sizeof addr;
+  int port;
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(fd >= 0);
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(fd, (struct sockaddr*)&addr, sizeof addr) == 0);
+  CHECK(getsockname(fd, (struct sockaddr*)&addr, &len) == 0);
+  port = ntohs(addr.sin_port);
+  close(fd);
+  return port;
+}
 
 static void* other_thread(void* arg) {
   (void)arg;
@@ -436,7 +456,7 @@ int main(int argc, char** argv) {
        DEADLINE_EXCEEDED naming the rendezvous, after about the timeout, not a hang. */
     char port[16];
     time_t started = time(NULL);
-    snprintf(port, sizeof port, "%d", 20000 + (int)(getpid() % 20000));
+    snprintf(port, sizeof port, "%d", free_port());
     setenv("RANK", "0", 1);
     setenv("MASTER_ADDR", "127.0.0.1", 1);
     setenv("MASTER_PORT", port, 1);
