@@ -18,7 +18,7 @@
 // (from cudaDeviceGetAttribute: CUDA 13 dropped memoryClockRate from cudaDeviceProp), or null
 // where the device does not report them.
 //
-//   nf4_bench
+//   nf4_bench [--sweep]
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -104,22 +104,51 @@ void report(const char* device, const Row& r, double copy_gbps, std::optional<do
 }
 
 // The raw launcher into `out` (bf16 [n], preallocated): what the kernel alone costs.
-cudaError_t launch_raw(const temper::QuantState& s, at::Tensor& out) {
+cudaError_t launch_raw(const temper::QuantState& s, at::Tensor& out, temper::Nf4DequantTuning tuning = {}) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   auto* dst = reinterpret_cast<__nv_bfloat16*>(out.data_ptr());
   if (s.double_quant()) {
     return temper::launch_nf4_dequantize_nested(dst, s.packed.data_ptr<uint8_t>(), s.absmax.data_ptr<uint8_t>(),
                                                 s.nested_quant_map.data_ptr<float>(), s.nested_absmax.data_ptr<float>(),
                                                 static_cast<float>(s.nested_offset), s.quant_map.data_ptr<float>(),
-                                                s.numel(), s.blocksize, s.nested_blocksize, stream);
+                                                s.numel(), s.blocksize, s.nested_blocksize, stream, tuning);
   }
   return temper::launch_nf4_dequantize(dst, s.packed.data_ptr<uint8_t>(), s.absmax.data_ptr<float>(),
-                                       s.quant_map.data_ptr<float>(), s.numel(), s.blocksize, stream);
+                                       s.quant_map.data_ptr<float>(), s.numel(), s.blocksize, stream, tuning);
 }
 
 }  // namespace
 
-int main() {
+// Every launch shape of the vector path, batched, against the same-timing copy.
+int sweep(const char* device, const temper::QuantState& state, at::Tensor& out, int64_t rows, int64_t cols,
+          double bytes, double copy_gbps, std::optional<double> nominal) {
+  for (int chunks : {4, 8, 16}) {
+    for (int threads : {128, 256, 512, 1024}) {
+      for (bool streaming : {false, true}) {
+        const temper::Nf4DequantTuning tuning{chunks, threads, streaming};
+        if (const cudaError_t err = launch_raw(state, out, tuning); err != cudaSuccess) {
+          std::fprintf(stderr, "nf4 dequantize sweep %d/%d/%d: %s\n", chunks, threads, streaming, cudaGetErrorString(err));
+          return 1;
+        }
+        const double ms = median_ms([&] { (void)launch_raw(state, out, tuning); }, kBatch);
+        const double gbps = bytes / (ms * 1e-3) / 1e9;
+        std::printf("{\"bench\":\"nf4\",\"device\":\"%s\",\"op\":\"dequantize_kernel_sweep\",\"timing\":\"batched\","
+                    "\"shape\":[%lld,%lld],\"double_quant\":%s,\"chunks_per_thread\":%d,\"threads\":%d,"
+                    "\"streaming_stores\":%s,\"median_ms\":%.4f,\"gb_per_s\":%.1f,\"fraction_of_copy\":%.3f,"
+                    "\"fraction_of_nominal\":%s}\n",
+                    device, static_cast<long long>(rows), static_cast<long long>(cols),
+                    state.double_quant() ? "true" : "false", chunks, threads, streaming ? "true" : "false", ms, gbps,
+                    gbps / copy_gbps, json_number_or_null(nominal ? std::optional<double>(gbps / *nominal) : std::nullopt, "%.3f").c_str());
+        std::fflush(stdout);
+      }
+    }
+  }
+  // The sweep ends on another shape: the default again, so later rows time what the library runs.
+  return launch_raw(state, out) == cudaSuccess ? 0 : 1;
+}
+
+int main(int argc, char** argv) {
+  const bool do_sweep = argc > 1 && std::string(argv[1]) == "--sweep";
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   int clock_khz = 0, bus_bits = 0;
@@ -139,6 +168,10 @@ int main() {
       const double ms = median_ms([&] { dst.copy_(w); }, calls[t]);
       copy_gbps[t] = 4 * n / (ms * 1e-3) / 1e9;
       report(prop.name, {"copy_bf16", calls[t], rows, cols, false, ms, 4 * n}, copy_gbps[t], nominal);
+    }
+    {  // the write-only ceiling: 2n bytes written, nothing read
+      const double ms = median_ms([&] { dst.zero_(); }, kBatch);
+      report(prop.name, {"zero_bf16", kBatch, rows, cols, false, ms, 2 * n}, copy_gbps[1], nominal);
     }
     for (bool dq : {false, true}) {
       temper::Nf4Options options;
@@ -169,6 +202,7 @@ int main() {
         const double ms = median_ms([&] { (void)launch_raw(*state, out); }, calls[t]);
         report(prop.name, {"dequantize_kernel_bf16", calls[t], rows, cols, dq, ms, bytes}, copy_gbps[t], nominal);
       }
+      if (do_sweep && sweep(prop.name, *state, out, rows, cols, bytes, copy_gbps[1], nominal) != 0) return 1;
       const double q_ms = median_ms([&] { (void)temper::Nf4Quantizer::quantize(w, options); }, 1);
       report(prop.name, {"quantize_from_bf16", 1, rows, cols, dq, q_ms, 2 * n + static_cast<double>(state->nbytes())},
              copy_gbps[0], nominal);

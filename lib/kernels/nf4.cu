@@ -113,13 +113,25 @@ __global__ void nf4_dequantize_kernel(T* __restrict__ out, const uint8_t* __rest
 // 4-byte load of codes, one 16-byte store per 8 bytes of output. Each thread takes kChunks chunks
 // strided by the warp, so that every load and store instruction of a warp covers one contiguous
 // span (128 bytes of codes, 512 bytes of bf16) — fully coalesced, where a thread writing its own
-// 32 contiguous bytes would leave each store instruction half-used — and several independent
+// 32 contiguous bytes would leave each store instruction half-used — and kChunks independent
 // loads are in flight per thread. 8 divides every supported blocksize, so a chunk's values share
-// one absmax.
+// one absmax. kStreaming stores with st.global.cs (evict-first); which launch shape is fastest
+// is measured by nf4_bench's sweep, and Nf4DequantTuning's defaults hold the winner.
 constexpr int kChunkValues = 8;
-constexpr int kChunks = 4;
 
-template <typename T, typename Absmax>
+template <int kVectors, bool kStreaming>
+__device__ __forceinline__ void store_chunk(uint4* dst, const uint4* src) {
+#pragma unroll
+  for (int v = 0; v < kVectors; ++v) {
+    if constexpr (kStreaming) {
+      __stcs(dst + v, src[v]);
+    } else {
+      dst[v] = src[v];
+    }
+  }
+}
+
+template <typename T, typename Absmax, int kChunks, bool kStreaming>
 __global__ void nf4_dequantize8_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed, Absmax absmax,
                                        const float* __restrict__ levels, int64_t chunks, int blocksize_shift) {
   __shared__ float lut[16];
@@ -147,10 +159,8 @@ __global__ void nf4_dequantize8_kernel(T* __restrict__ out, const uint8_t* __res
       values[2 * k + 1] = from_float<T>(lut[byte & 15] * scale);
     }
     constexpr int kVectors = static_cast<int>(sizeof(T)) / 2;  // 8 values x sizeof(T) bytes / 16 bytes
-    uint4* dst = reinterpret_cast<uint4*>(out) + chunk * kVectors;
-    const uint4* src = reinterpret_cast<const uint4*>(values);
-#pragma unroll
-    for (int v = 0; v < kVectors; ++v) dst[v] = src[v];
+    store_chunk<kVectors, kStreaming>(reinterpret_cast<uint4*>(out) + chunk * kVectors,
+                                      reinterpret_cast<const uint4*>(values));
   }
 }
 
@@ -160,22 +170,54 @@ int log2_exact(int64_t v) {
   return shift;
 }
 
+bool valid_tuning(const Nf4DequantTuning& t) {
+  const bool chunks = t.chunks_per_thread == 4 || t.chunks_per_thread == 8 || t.chunks_per_thread == 16;
+  return chunks && t.threads >= 32 && t.threads <= 1024 && t.threads % 32 == 0;
+}
+
+template <typename T, typename Absmax, int kChunks, bool kStreaming>
+void launch_vector(unsigned grid, int threads, T* out, const uint8_t* packed, Absmax absmax, const float* levels,
+                   int64_t chunks, int shift, cudaStream_t stream) {
+  nf4_dequantize8_kernel<T, Absmax, kChunks, kStreaming>
+      <<<grid, threads, 0, stream>>>(out, packed, absmax, levels, chunks, shift);
+}
+
+template <typename T, typename Absmax, int kChunks>
+void launch_vector(bool streaming, unsigned grid, int threads, T* out, const uint8_t* packed, Absmax absmax,
+                   const float* levels, int64_t chunks, int shift, cudaStream_t stream) {
+  if (streaming) {
+    launch_vector<T, Absmax, kChunks, true>(grid, threads, out, packed, absmax, levels, chunks, shift, stream);
+  } else {
+    launch_vector<T, Absmax, kChunks, false>(grid, threads, out, packed, absmax, levels, chunks, shift, stream);
+  }
+}
+
 template <typename T, typename Absmax>
 cudaError_t launch_dequantize(T* out, const uint8_t* packed, Absmax absmax, const float* levels, int64_t n,
-                              int64_t blocksize, cudaStream_t stream) {
-  constexpr int kThreads = 256;
+                              int64_t blocksize, const Nf4DequantTuning& tuning, cudaStream_t stream) {
+  if (!valid_tuning(tuning)) return cudaErrorInvalidValue;
   const bool vector = n % kChunkValues == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(packed) % 4 == 0;
-  const int64_t work = vector ? n / kChunkValues : (n + 1) / 2;  // chunks, or bytes
-  const int64_t per_block = vector ? int64_t{kThreads} * kChunks : kThreads;
-  const int64_t grid = (work + per_block - 1) / per_block;
-  if (grid > 0x7fffffff) return cudaErrorInvalidValue;
-  if (vector) {
-    nf4_dequantize8_kernel<T, Absmax><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(
-        out, packed, absmax, levels, work, log2_exact(blocksize));
-  } else {
+  if (!vector) {
+    constexpr int kThreads = 256;
+    const int64_t bytes = (n + 1) / 2;
+    const int64_t grid = (bytes + kThreads - 1) / kThreads;
+    if (grid > 0x7fffffff) return cudaErrorInvalidValue;
     nf4_dequantize_kernel<T, Absmax><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(out, packed, absmax, levels,
                                                                                             n, blocksize);
+    return cudaGetLastError();
+  }
+  const int64_t chunks = n / kChunkValues;
+  const int64_t per_block = int64_t{tuning.threads} * tuning.chunks_per_thread;
+  const int64_t grid64 = (chunks + per_block - 1) / per_block;
+  if (grid64 > 0x7fffffff) return cudaErrorInvalidValue;
+  const auto grid = static_cast<unsigned>(grid64);
+  const int shift = log2_exact(blocksize);
+  const bool cs = tuning.streaming_stores;
+  switch (tuning.chunks_per_thread) {
+    case 4: launch_vector<T, Absmax, 4>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream); break;
+    case 8: launch_vector<T, Absmax, 8>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream); break;
+    default: launch_vector<T, Absmax, 16>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream);
   }
   return cudaGetLastError();
 }
@@ -198,30 +240,31 @@ cudaError_t launch_nf4_quantize(uint8_t* packed, float* absmax, const T* w, int6
 
 template <typename T>
 cudaError_t launch_nf4_dequantize(T* out, const uint8_t* packed, const float* absmax, const float* levels, int64_t n,
-                                  int64_t blocksize, cudaStream_t stream) {
+                                  int64_t blocksize, cudaStream_t stream, Nf4DequantTuning tuning) {
   if (n <= 0 || !valid_blocksize(blocksize)) return cudaErrorInvalidValue;
-  return launch_dequantize(out, packed, PlainAbsmax{absmax}, levels, n, blocksize, stream);
+  return launch_dequantize(out, packed, PlainAbsmax{absmax}, levels, n, blocksize, tuning, stream);
 }
 
 template <typename T>
 cudaError_t launch_nf4_dequantize_nested(T* out, const uint8_t* packed, const uint8_t* absmax_codes,
                                          const float* nested_map, const float* nested_absmax, float offset,
                                          const float* levels, int64_t n, int64_t blocksize, int64_t nested_blocksize,
-                                         cudaStream_t stream) {
+                                         cudaStream_t stream, Nf4DequantTuning tuning) {
   if (n <= 0 || !valid_blocksize(blocksize) || nested_blocksize <= 0 ||
       (nested_blocksize & (nested_blocksize - 1)) != 0) {
     return cudaErrorInvalidValue;
   }
   const NestedAbsmax absmax{absmax_codes, nested_map, nested_absmax, offset, log2_exact(nested_blocksize)};
-  return launch_dequantize(out, packed, absmax, levels, n, blocksize, stream);
+  return launch_dequantize(out, packed, absmax, levels, n, blocksize, tuning, stream);
 }
 
 #define TEMPER_INSTANTIATE_NF4(T)                                                                               \
   template cudaError_t launch_nf4_quantize<T>(uint8_t*, float*, const T*, int64_t, int64_t, cudaStream_t);     \
   template cudaError_t launch_nf4_dequantize<T>(T*, const uint8_t*, const float*, const float*, int64_t, int64_t, \
-                                                cudaStream_t);                                                  \
+                                                cudaStream_t, Nf4DequantTuning);                                \
   template cudaError_t launch_nf4_dequantize_nested<T>(T*, const uint8_t*, const uint8_t*, const float*, const float*, \
-                                                       float, const float*, int64_t, int64_t, int64_t, cudaStream_t);
+                                                       float, const float*, int64_t, int64_t, int64_t, cudaStream_t, \
+                                                       Nf4DequantTuning);
 
 TEMPER_INSTANTIATE_NF4(float)
 TEMPER_INSTANTIATE_NF4(__nv_bfloat16)

@@ -13,10 +13,20 @@ template <typename T>
 cudaError_t launch_nf4_quantize(uint8_t* packed, float* absmax, const T* w, int64_t n, int64_t blocksize,
                                 cudaStream_t stream);
 
+// The dequantize kernel's launch shape where n % 8 == 0 (its vector path): 8-value chunks per
+// thread (4, 8 or 16), threads per block (a multiple of 32, at most 1024), and whether the output
+// is written with evict-first stores. The default is what nf4_bench's sweep measured fastest
+// (docs/performance.md); other values are for that sweep. An invalid shape: cudaErrorInvalidValue.
+struct Nf4DequantTuning {
+  int chunks_per_thread = 4;
+  int threads = 256;
+  bool streaming_stores = false;
+};
+
 // packed [ceil(n/2)], absmax [ceil(n/blocksize)] fp32, levels [16] fp32 -> out [n].
 template <typename T>
 cudaError_t launch_nf4_dequantize(T* out, const uint8_t* packed, const float* absmax, const float* levels, int64_t n,
-                                  int64_t blocksize, cudaStream_t stream);
+                                  int64_t blocksize, cudaStream_t stream, Nf4DequantTuning tuning = {});
 
 // As launch_nf4_dequantize, with the absmax values double-quantized (bitsandbytes'
 // compress_statistics): absmax[b] = nested_map[absmax_codes[b]] * nested_absmax[b / nested_blocksize]
@@ -27,6 +37,6 @@ template <typename T>
 cudaError_t launch_nf4_dequantize_nested(T* out, const uint8_t* packed, const uint8_t* absmax_codes,
                                          const float* nested_map, const float* nested_absmax, float offset,
                                          const float* levels, int64_t n, int64_t blocksize, int64_t nested_blocksize,
-                                         cudaStream_t stream);
+                                         cudaStream_t stream, Nf4DequantTuning tuning = {});
 
 }  // namespace temper

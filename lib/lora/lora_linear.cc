@@ -4,6 +4,7 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include "lora/lora_projection.hpp"
 #include "ops/nf4_linear.hpp"
 
 namespace temper {
@@ -30,11 +31,15 @@ at::Tensor LoraDelta::forward(const at::Tensor& x, const Linear& base) const {
   const LoraModule& m = *module_;
   const at::ScalarType dtype = x.scalar_type();
   const bool drop = runtime_->training && runtime_->dropout > 0.0;
+  if (!m.magnitude.defined()) {  // LoRA: one autograd function (lora_projection.hpp says why)
+    if (!drop && lora_projection_fusable(base)) return lora_projection(x, base, m.a, m.b, m.scale);
+    const at::Tensor xd = drop ? at::dropout(x, runtime_->dropout, /*train=*/true) : x;
+    return lora_add(base.base_forward(x), xd, m.a, m.b, m.scale);
+  }
   const at::Tensor xd = drop ? at::dropout(x, runtime_->dropout, /*train=*/true) : x;
   // fp32 masters are cast to the activation dtype; the cast is differentiable, so gradients
   // reach the masters in fp32.
   const at::Tensor lora = at::linear(at::linear(xd, m.a.to(dtype)), m.b.to(dtype));  // [..., out]
-  if (!m.magnitude.defined()) return base.base_forward(x) + lora * m.scale;
 
   // DoRA. The ratio m / n is formed in fp32 before the cast: m / n - 1 is small and would lose
   // most of its bits if computed in bf16.

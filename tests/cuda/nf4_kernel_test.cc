@@ -1,6 +1,12 @@
 // The NF4 CUDA kernels (lib/kernels/nf4.cu) against the ATen reference, on random and
 // adversarial data: zeros, constant blocks, values on the thresholds, huge and tiny magnitudes,
 // odd sizes; and the QLoRA linear on CUDA.
+#ifdef TEMPER_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <cuda_bf16.h>
+
+#include "kernels/nf4.cuh"
+#endif
 #include "ops/nf4_linear.hpp"
 #include "quant/nf4_codebook.hpp"
 #include "quant/nf4_ops.hpp"
@@ -84,3 +90,41 @@ TEST_CASE("the fused double-quantized dequantize kernel matches the CPU referenc
     }
   }
 }
+
+#ifdef TEMPER_WITH_CUDA
+// Every launch shape nf4_bench's sweep may pick (lib/kernels/nf4.cuh) must give the same bits,
+// including sizes whose last thread block is partly empty; an invalid shape is refused.
+TEST_CASE("every dequantize launch shape matches the CPU reference bit for bit", "[cuda]") {
+  SKIP_WITHOUT_CUDA();
+  at::manual_seed(10);
+  const at::Tensor levels = at::tensor(std::vector<float>(kNf4Levels.begin(), kNf4Levels.end()));
+  for (int64_t n : {int64_t{8}, int64_t{64 * 1000}, int64_t{64 * 4099}}) {
+    const at::Tensor w = at::randn({n}) * 2;
+    auto [packed_ref, absmax_ref] = nf4_quantize_blocks_reference(w, 64);
+    const at::Tensor ref = nf4_dequantize_blocks_reference(packed_ref, absmax_ref, levels, 64, n, at::kBFloat16);
+    const at::Tensor packed = packed_ref.cuda(), absmax = absmax_ref.cuda(), lv = levels.cuda();
+    for (int chunks : {4, 8, 16}) {
+      for (int threads : {32, 128, 1024}) {
+        for (bool streaming : {false, true}) {
+          INFO("n " << n << " chunks " << chunks << " threads " << threads << " streaming " << streaming);
+          at::Tensor out = at::full({n}, 7.0, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
+          const cudaError_t err = launch_nf4_dequantize(
+              reinterpret_cast<__nv_bfloat16*>(out.data_ptr()), packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(),
+              lv.data_ptr<float>(), n, 64, at::cuda::getCurrentCUDAStream(), Nf4DequantTuning{chunks, threads, streaming});
+          REQUIRE(err == cudaSuccess);
+          CHECK(at::equal(out.cpu(), ref));
+        }
+      }
+    }
+  }
+  at::Tensor out = at::empty({64}, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
+  const at::Tensor packed = at::zeros({32}, at::TensorOptions().dtype(at::kByte).device(at::kCUDA));
+  const at::Tensor absmax = at::ones({1}, at::TensorOptions().device(at::kCUDA));
+  for (const Nf4DequantTuning bad : {Nf4DequantTuning{5, 256, false}, Nf4DequantTuning{4, 48, false},
+                                     Nf4DequantTuning{4, 2048, false}}) {
+    CHECK(launch_nf4_dequantize(reinterpret_cast<__nv_bfloat16*>(out.data_ptr()), packed.data_ptr<uint8_t>(),
+                                absmax.data_ptr<float>(), absmax.data_ptr<float>(), 64, 64,
+                                at::cuda::getCurrentCUDAStream(), bad) == cudaErrorInvalidValue);
+  }
+}
+#endif

@@ -5,10 +5,13 @@
 # run from the working tree.
 #   PART=fixtures  BLOOM + tokenizer fixtures (tools/fixtures), HF tokenizers' speed
 #   PART=build     build the snapshot, every test including [cuda]
+#   PART=cudatests build the snapshot, only the [cuda] tests (each case's result in the log)
 #   PART=tokbench  tokenizer.json encode speed, HF tokenizers and temper, single thread, same CPU
 #   PART=bench     nf4_bench, optimizer_bench, then bench/compare.py: train_bench beside the
 #                  PEFT / transformers peer in the same call (1B LoRA, 1B full, 7B LoRA and QLoRA
 #                  with checkpointing) and the ratio table against the goals; 1B QLoRA alone.
+#                  BENCH_CASES=1b-lora,... limits compare.py to those cases (and skips 1B QLoRA);
+#                  NF4_SWEEP=1 adds nf4_bench's sweep of the dequantize kernel's launch shapes.
 #                  With BENCH_PROFILE=1 instead: train_bench --profile (one step under the Kineto
 #                  profiler) for 1B LoRA, 1B full and 7B QLoRA with checkpointing, per-op device time
 #   PART=dist      (two GPUs: kind nvidia-h200-x2) the [cuda][distributed] tests (NCCL, bf16
@@ -42,7 +45,7 @@ if [[ $part == *,fixtures,* ]]; then
     tests/fixtures/parity/VERSIONS_bloom.json tests/fixtures/peft/bloom_lora tests/fixtures/tokenizers
 fi
 
-if [[ $part == *,build,* || $part == *,bench,* || $part == *,tokbench,* || $part == *,dist,* ||
+if [[ $part == *,build,* || $part == *,cudatests,* || $part == *,bench,* || $part == *,tokbench,* || $part == *,dist,* ||
       $part == *,losscurve,* ]]; then
   mkdir -p "$snap/.deps"
   [ "$snap" = "$root" ] || ln -sfn "$root/.deps/debs" "$snap/.deps/debs"
@@ -57,6 +60,11 @@ if [[ $part == *,build,* ]]; then
   (cd "$snap" && build-gpu/tests/temper_tests -r compact > "$out/logs/tests.log" 2>&1; echo "tests exit $?")
   tail -3 "$out/logs/tests.log"; grep -B4 -A10 "FAILED\|failed:" "$out/logs/tests.log" | head -80
   (cd "$snap" && build-gpu/tests/temper_tests "[cuda]" -r compact 2>&1 | tail -2)
+fi
+
+if [[ $part == *,cudatests,* ]]; then
+  (cd "$snap" && build-gpu/tests/temper_tests "[cuda]" -r compact > "$out/logs/cuda_tests.log" 2>&1; echo "cuda tests exit $?")
+  tail -2 "$out/logs/cuda_tests.log"; grep -B4 -A10 "FAILED\|failed:" "$out/logs/cuda_tests.log" | head -60
 fi
 
 if [[ $part == *,tokbench,* ]]; then
@@ -77,14 +85,18 @@ if [[ $part == *,bench,* && ${BENCH_PROFILE:-0} == 1 ]]; then
   done
 elif [[ $part == *,bench,* ]]; then
   b="$snap/build-gpu/bench"
-  "$b/nf4_bench" 2>&1 | tee "$out/nf4_bench.jsonl"
-  "$b/optimizer_bench" 2>&1 | tee "$out/optimizer_bench.jsonl"
+  sweep=(); [[ ${NF4_SWEEP:-0} == 1 ]] && sweep=(--sweep)
+  "$b/nf4_bench" "${sweep[@]}" > "$out/nf4_bench.jsonl" 2>&1; echo "nf4_bench exit $?"
+  grep -v '"dequantize_kernel_sweep"' "$out/nf4_bench.jsonl" | grep '"batched"' | grep 'copy\|zero\|kernel'
+  [[ -z ${BENCH_CASES:-} ]] && "$b/optimizer_bench" 2>&1 | tee "$out/optimizer_bench.jsonl"
+  cases=(); [[ -n ${BENCH_CASES:-} ]] && cases=(--cases "$BENCH_CASES")
   # The ratio table (markdown) to stdout and compare.md; every JSON line to train_bench.jsonl.
-  python3 "$snap/bench/compare.py" --train-bench "$b/train_bench" --peer "$snap/bench/peer_peft.py" \
+  python3 "$snap/bench/compare.py" "${cases[@]}" --train-bench "$b/train_bench" --peer "$snap/bench/peer_peft.py" \
     --out "$out/train_bench.jsonl" 2> "$out/logs/compare.log" | tee "$out/compare.md"
   echo "compare exit ${PIPESTATUS[0]}"; grep -A3 "failed" "$out/logs/compare.log" | head -40
   # 1B QLoRA has no peer in the table (bitsandbytes' 1B row was not a goal); kept for the record.
-  "$b/train_bench" --shape 1b --mode qlora 2>> "$out/logs/compare.log" | tail -1 | tee -a "$out/train_bench.jsonl"
+  [[ -z ${BENCH_CASES:-} ]] && "$b/train_bench" --shape 1b --mode qlora 2>> "$out/logs/compare.log" | tail -1 \
+    | tee -a "$out/train_bench.jsonl"
 fi
 if [[ $part == *,losscurve,* ]]; then
   # The table to loss_curve.md, every row to loss_curve.jsonl; tokens, adapters and run logs under logs/.
