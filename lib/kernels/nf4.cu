@@ -131,8 +131,9 @@ __device__ __forceinline__ void store_chunk(uint4* dst, const uint4* src) {
   }
 }
 
+// __launch_bounds__(1024): every launch shape the tuning allows must fit in registers.
 template <typename T, typename Absmax, int kChunks, bool kStreaming>
-__global__ void nf4_dequantize8_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed, Absmax absmax,
+__global__ void __launch_bounds__(1024) nf4_dequantize8_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed, Absmax absmax,
                                        const float* __restrict__ levels, int64_t chunks, int blocksize_shift) {
   __shared__ float lut[16];
   if (threadIdx.x < 16) lut[threadIdx.x] = levels[threadIdx.x];
@@ -171,7 +172,8 @@ int log2_exact(int64_t v) {
 }
 
 bool valid_tuning(const Nf4DequantTuning& t) {
-  const bool chunks = t.chunks_per_thread == 4 || t.chunks_per_thread == 8 || t.chunks_per_thread == 16;
+  const int c = t.chunks_per_thread;
+  const bool chunks = c == 1 || c == 2 || c == 4 || c == 8 || c == 16;
   return chunks && t.threads >= 32 && t.threads <= 1024 && t.threads % 32 == 0;
 }
 
@@ -215,6 +217,8 @@ cudaError_t launch_dequantize(T* out, const uint8_t* packed, Absmax absmax, cons
   const int shift = log2_exact(blocksize);
   const bool cs = tuning.streaming_stores;
   switch (tuning.chunks_per_thread) {
+    case 1: launch_vector<T, Absmax, 1>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream); break;
+    case 2: launch_vector<T, Absmax, 2>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream); break;
     case 4: launch_vector<T, Absmax, 4>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream); break;
     case 8: launch_vector<T, Absmax, 8>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream); break;
     default: launch_vector<T, Absmax, 16>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream);

@@ -14,7 +14,7 @@ cudaError_t launch_nf4_quantize(uint8_t* packed, float* absmax, const T* w, int6
                                 cudaStream_t stream);
 
 // The dequantize kernel's launch shape where n % 8 == 0 (its vector path): 8-value chunks per
-// thread (4, 8 or 16), threads per block (a multiple of 32, at most 1024), and whether the output
+// thread (1, 2, 4, 8 or 16), threads per block (a multiple of 32, at most 1024), and whether the output
 // is written with evict-first stores. The default is what nf4_bench's sweep measured fastest
 // (docs/performance.md); other values are for that sweep. An invalid shape: cudaErrorInvalidValue.
 struct Nf4DequantTuning {

@@ -87,7 +87,7 @@ elif [[ $part == *,bench,* ]]; then
   b="$snap/build-gpu/bench"
   sweep=(); [[ ${NF4_SWEEP:-0} == 1 ]] && sweep=(--sweep)
   "$b/nf4_bench" "${sweep[@]}" > "$out/nf4_bench.jsonl" 2>&1; echo "nf4_bench exit $?"
-  grep -v '"dequantize_kernel_sweep"' "$out/nf4_bench.jsonl" | grep '"batched"' | grep 'copy\|zero\|kernel'
+  grep -v '"dequantize_kernel_sweep"' "$out/nf4_bench.jsonl" | grep '"batched"' | grep 'copy\|memset\|kernel'
   [[ -z ${BENCH_CASES:-} ]] && "$b/optimizer_bench" 2>&1 | tee "$out/optimizer_bench.jsonl"
   cases=(); [[ -n ${BENCH_CASES:-} ]] && cases=(--cases "$BENCH_CASES")
   # The ratio table (markdown) to stdout and compare.md; every JSON line to train_bench.jsonl.
