@@ -246,6 +246,7 @@ template <typename T>
 cudaError_t launch_nf4_dequantize(T* out, const uint8_t* packed, const float* absmax, const float* levels, int64_t n,
                                   int64_t blocksize, cudaStream_t stream, Nf4DequantTuning tuning) {
   if (n <= 0 || !valid_blocksize(blocksize)) return cudaErrorInvalidValue;
+  if (tuning.chunks_per_thread == 0) tuning = Nf4DequantTuning{2, 128, tuning.streaming_stores};
   return launch_dequantize(out, packed, PlainAbsmax{absmax}, levels, n, blocksize, tuning, stream);
 }
 
@@ -259,6 +260,7 @@ cudaError_t launch_nf4_dequantize_nested(T* out, const uint8_t* packed, const ui
     return cudaErrorInvalidValue;
   }
   const NestedAbsmax absmax{absmax_codes, nested_map, nested_absmax, offset, log2_exact(nested_blocksize)};
+  if (tuning.chunks_per_thread == 0) tuning = Nf4DequantTuning{4, 256, tuning.streaming_stores};
   return launch_dequantize(out, packed, absmax, levels, n, blocksize, tuning, stream);
 }
 

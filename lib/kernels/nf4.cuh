@@ -14,13 +14,15 @@ cudaError_t launch_nf4_quantize(uint8_t* packed, float* absmax, const T* w, int6
                                 cudaStream_t stream);
 
 // The dequantize kernel's launch shape where n % 8 == 0 (its vector path): 8-value chunks per
-// thread (1, 2, 4, 8 or 16), threads per block (a multiple of 32, at most 1024), and whether the output
-// is written with evict-first stores. The default is what nf4_bench's sweep measured fastest
-// (docs/performance.md); other values are for that sweep. An invalid shape: cudaErrorInvalidValue.
+// thread (1, 2, 4, 8 or 16), threads per block (a multiple of 32, at most 1024), and whether the
+// output is written with evict-first stores. chunks_per_thread 0 (the default) takes what
+// nf4_bench's sweep measured fastest on an H200 (docs/performance.md): 2 chunks x 128 threads for
+// fp32 absmax, 4 x 256 for double-quantized absmax, streaming stores for both. Other values are
+// for that sweep. An invalid shape: cudaErrorInvalidValue.
 struct Nf4DequantTuning {
-  int chunks_per_thread = 4;
-  int threads = 256;
-  bool streaming_stores = false;
+  int chunks_per_thread = 0;
+  int threads = 0;
+  bool streaming_stores = true;
 };
 
 // packed [ceil(n/2)], absmax [ceil(n/blocksize)] fp32, levels [16] fp32 -> out [n].

@@ -5,6 +5,14 @@
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#ifdef TEMPER_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "kernels/cross_entropy.cuh"
+#include "ops/cuda_dispatch.hpp"
+#endif
+
 namespace temper {
 namespace {
 
@@ -28,29 +36,23 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
     const bool grad_h = want_grad && h.requires_grad();
     const bool grad_w = want_grad && weight.requires_grad();
     at::Tensor loss = at::zeros({}, h.options().dtype(at::kFloat));
-    at::Tensor dh = grad_h ? at::empty_like(h) : at::Tensor();
+    at::Tensor dh = grad_h ? at::empty(h.sizes(), h.options()) : at::Tensor();  // contiguous, for mm_out by rows
     at::Tensor dw = grad_w ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat)) : at::Tensor();
     const at::Tensor w_t = weight.t();
     for (int64_t start = 0; start < n; start += chunk_rows) {
       const int64_t rows = std::min(chunk_rows, n - start);
       const at::Tensor hc = h.narrow(0, start, rows);
       const at::Tensor lc = labels.narrow(0, start, rows);
-      // Logits in h's dtype as the unfused head computes them, then fp32 as transformers' loss.
-      at::Tensor logits = at::matmul(hc, w_t).to(at::kFloat);  // [rows, V]
-      const at::Tensor valid = lc.ne(kIgnore);
-      const at::Tensor target = at::where(valid, lc, at::zeros_like(lc)).unsqueeze(1);
-      const at::Tensor lse = at::logsumexp(logits, {1});
-      const at::Tensor picked = logits.gather(1, target).squeeze(1);
-      loss.add_(((lse - picked) * valid).sum());
+      // Logits in h's dtype as the unfused head computes them; the softmax in fp32 as
+      // transformers' loss. With a gradient due, the logits become d loss / d logits in place.
+      const at::Tensor logits = at::matmul(hc, w_t);  // [rows, V]
+      loss.add_(softmax_cross_entropy_rows_(logits, lc, grad_h || grad_w).sum());
       if (!grad_h && !grad_w) continue;
-      // d loss / d logits = softmax - onehot(label), zero on ignored rows; in place over the logits.
-      at::Tensor& p = logits;
-      p.sub_(lse.unsqueeze(1)).exp_();
-      const at::Tensor validf = valid.to(at::kFloat).unsqueeze(1);
-      p.scatter_add_(1, target, -validf);
-      p.mul_(validf);
-      const at::Tensor pd = p.to(h.scalar_type());
-      if (grad_h) dh.narrow(0, start, rows).copy_(at::matmul(pd, weight));
+      const at::Tensor& pd = logits;
+      if (grad_h) {
+        at::Tensor dh_rows = dh.narrow(0, start, rows);  // contiguous: rows of a contiguous [N, H]
+        at::mm_out(dh_rows, pd, weight);
+      }
       if (grad_w) dw.add_(at::matmul(pd.t(), hc));
     }
     ctx->save_for_backward({dh, grad_w ? dw.to(weight.scalar_type()) : at::Tensor()});
@@ -67,6 +69,49 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
 };
 
 }  // namespace
+
+at::Tensor softmax_cross_entropy_rows_reference_(const at::Tensor& logits, const at::Tensor& labels, bool write_grad) {
+  const at::Tensor lf = logits.to(at::kFloat);  // logits itself when already fp32
+  const at::Tensor valid = labels.ne(kIgnore);
+  const at::Tensor target = at::where(valid, labels, at::zeros_like(labels)).unsqueeze(1);
+  const at::Tensor lse = at::logsumexp(lf, {1});
+  const at::Tensor loss = (lse - lf.gather(1, target).squeeze(1)) * valid;
+  if (write_grad) {
+    // softmax - onehot(label), zero on ignored rows; in place over the fp32 logits.
+    lf.sub_(lse.unsqueeze(1)).exp_();
+    const at::Tensor validf = valid.to(at::kFloat).unsqueeze(1);
+    lf.scatter_add_(1, target, -validf);
+    lf.mul_(validf);
+    if (!lf.is_same(logits)) logits.copy_(lf);
+  }
+  return loss;
+}
+
+at::Tensor softmax_cross_entropy_rows_(const at::Tensor& logits, const at::Tensor& labels, bool write_grad) {
+  TORCH_CHECK(logits.dim() == 2 && labels.dim() == 1 && labels.size(0) == logits.size(0),
+              "softmax_cross_entropy_rows_: logits [rows, V] and labels [rows] expected, got ", logits.sizes(), " and ",
+              labels.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kLong && labels.device() == logits.device(),
+              "softmax_cross_entropy_rows_: labels must be int64 on the logits' device");
+#ifdef TEMPER_WITH_CUDA
+  const at::ScalarType t = logits.scalar_type();
+  if (logits.is_cuda() && logits.is_contiguous() && (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf) &&
+      logits.numel() > 0) {
+    const c10::cuda::CUDAGuard guard(logits.device());
+    const at::Tensor lc = labels.contiguous();
+    at::Tensor loss = at::empty({logits.size(0)}, logits.options().dtype(at::kFloat));
+    dispatch_float_type(t, "softmax_cross_entropy_rows_", [&](auto tag) {
+      using T = decltype(tag);
+      check_cuda(launch_softmax_cross_entropy_rows(reinterpret_cast<T*>(logits.data_ptr()), loss.data_ptr<float>(),
+                                                   lc.data_ptr<int64_t>(), logits.size(0), logits.size(1), write_grad,
+                                                   at::cuda::getCurrentCUDAStream()),
+                 "softmax cross-entropy kernel");
+    });
+    return loss;
+  }
+#endif
+  return softmax_cross_entropy_rows_reference_(logits, labels, write_grad);
+}
 
 at::Tensor linear_cross_entropy_sum(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& labels,
                                     int64_t chunk_rows) {

@@ -5,7 +5,9 @@
 // fp32 log-softmax over chunks of rows (~256 MiB of fp32 logits each). When a gradient will be
 // needed it also forms d loss / d logits = softmax - onehot for the chunk right away and reduces
 // it into the gradients of h and of the weight, so the backward only scales them by the incoming
-// gradient (the loss is a scalar): no logits are kept and none are recomputed.
+// gradient (the loss is a scalar): no logits are kept and none are recomputed. On CUDA the
+// softmax, loss and gradient of a chunk are one fused kernel (lib/kernels/cross_entropy.cu) that
+// works on the logits in h's dtype in place; elsewhere the ATen reference below.
 #pragma once
 
 #include <cstdint>
@@ -21,5 +23,17 @@ namespace temper {
 // when the weight trains (fewer fp32 weight-gradient accumulations).
 at::Tensor linear_cross_entropy_sum(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& labels,
                                     int64_t chunk_rows = 0);
+
+// Per row: loss [rows] fp32 = logsumexp(logits[r]) - logits[r, labels[r]] (0 where the label is
+// -100), the softmax in fp32. With write_grad, `logits` [rows, V] (float dtype, contiguous) is
+// overwritten by d sum(loss) / d logits = softmax - onehot (zero rows where the label is -100), in
+// its own dtype. labels [rows] int64 in [0, V) or -100, on logits' device. On CUDA (float, bf16,
+// fp16) the fused kernel, where a label outside [0, V) gives that row a NaN loss; elsewhere the
+// reference, where it raises.
+at::Tensor softmax_cross_entropy_rows_(const at::Tensor& logits, const at::Tensor& labels, bool write_grad);
+
+// The ATen reference of softmax_cross_entropy_rows_ (any device, float dtypes): the logits cast to
+// fp32, logsumexp, gather, exp, scatter of the one-hot, cast back.
+at::Tensor softmax_cross_entropy_rows_reference_(const at::Tensor& logits, const at::Tensor& labels, bool write_grad);
 
 }  // namespace temper
