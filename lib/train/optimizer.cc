@@ -91,15 +91,22 @@ void Optimizer::step(const std::vector<at::Tensor>& grads, double lr) {
   }
 }
 
+std::vector<std::string> Optimizer::state_suffixes(OptimizerKind kind) {
+  if (kind == OptimizerKind::kAdamW) return {".exp_avg", ".exp_avg_sq"};
+  return {".momentum_buffer"};
+}
+
+std::vector<at::Tensor> Optimizer::state_of(size_t i) const {
+  if (options_.kind == OptimizerKind::kAdamW) return {exp_avg_[i], exp_avg_sq_[i]};
+  return {exp_avg_[i]};
+}
+
 NamedTensors Optimizer::state() const {
   NamedTensors out;
+  const std::vector<std::string> suffixes = state_suffixes(options_.kind);
   for (size_t i = 0; i < tensors_.size(); ++i) {
-    if (options_.kind == OptimizerKind::kAdamW) {
-      out.emplace_back(tensors_[i].name + ".exp_avg", exp_avg_[i]);
-      out.emplace_back(tensors_[i].name + ".exp_avg_sq", exp_avg_sq_[i]);
-    } else {
-      out.emplace_back(tensors_[i].name + ".momentum_buffer", exp_avg_[i]);
-    }
+    const std::vector<at::Tensor> state = state_of(i);
+    for (size_t k = 0; k < suffixes.size(); ++k) out.emplace_back(tensors_[i].name + suffixes[k], state[k]);
   }
   return out;
 }
@@ -116,14 +123,11 @@ absl::Status Optimizer::load_state(const SafetensorsFile& file, int64_t steps_ta
     dst.copy_(*t);
     return absl::OkStatus();
   };
+  const std::vector<std::string> suffixes = state_suffixes(options_.kind);
   for (size_t i = 0; i < tensors_.size(); ++i) {
-    if (options_.kind == OptimizerKind::kAdamW) {
-      absl::Status s = load_into(tensors_[i].name + ".exp_avg", exp_avg_[i]);
-      if (s.ok()) s = load_into(tensors_[i].name + ".exp_avg_sq", exp_avg_sq_[i]);
-      if (!s.ok()) return s;
-    } else {
-      absl::Status s = load_into(tensors_[i].name + ".momentum_buffer", exp_avg_[i]);
-      if (!s.ok()) return s;
+    std::vector<at::Tensor> state = state_of(i);
+    for (size_t k = 0; k < suffixes.size(); ++k) {
+      if (absl::Status s = load_into(tensors_[i].name + suffixes[k], state[k]); !s.ok()) return s;
     }
   }
   steps_ = steps_taken;

@@ -34,9 +34,10 @@ class Optimizer {
   const std::vector<OptimizedTensor>& tensors() const { return tensors_; }
   int64_t steps_taken() const { return steps_; }
 
-  // Moments under "<name>.exp_avg" / ".exp_avg_sq" / ".momentum_buffer"; the step count is
-  // saved by the caller.
+  // Moments under "<name><suffix>" for each of state_suffixes(): ".exp_avg" and ".exp_avg_sq"
+  // (AdamW) or ".momentum_buffer" (SGD); the step count is saved by the caller.
   NamedTensors state() const;
+  static std::vector<std::string> state_suffixes(OptimizerKind kind);
   absl::Status load_state(const SafetensorsFile& file, int64_t steps_taken);
 
  private:
@@ -45,6 +46,9 @@ class Optimizer {
   std::vector<at::Tensor> exp_avg_;     // AdamW first moment, or SGD momentum buffer
   std::vector<at::Tensor> exp_avg_sq_;  // AdamW second moment
   int64_t steps_ = 0;
+
+  // The state tensors of tensor i (handles to the live storage), in state_suffixes() order.
+  std::vector<at::Tensor> state_of(size_t i) const;
 
   // The fused AdamW path (see the top of this file). Tensors are grouped by whether weight decay
   // applies, since the kernel takes one weight decay per call: group_[0] decays, group_[1] not.

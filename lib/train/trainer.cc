@@ -572,9 +572,7 @@ Status Trainer::Impl::save(const std::filesystem::path& dir) {
     std::map<std::string, at::Tensor> own_moments(own_state.begin(), own_state.end());
     std::map<size_t, size_t> local_index;
     for (size_t j = 0; j < owned.size(); ++j) local_index[owned[j]] = j;
-    const std::vector<std::string> suffixes = options.optimizer.kind == OptimizerKind::kAdamW
-                                                  ? std::vector<std::string>{".exp_avg", ".exp_avg_sq"}
-                                                  : std::vector<std::string>{".momentum_buffer"};
+    const std::vector<std::string> suffixes = Optimizer::state_suffixes(options.optimizer.kind);
     for (size_t i = 0; i < trainable.size(); ++i) {
       const std::string& name = trainable[i].first;
       const bool mine = owner[i] == rank;
