@@ -118,6 +118,9 @@ class LoraProjectionFunction : public torch::autograd::Function<LoraProjectionFu
     const at::Tensor h = accumulate_adapter(y2, x2, o);
     save_adapter(ctx, x, h, o, a, b, scale);
     ctx->saved_data["base"] = c10::IValue::make_capsule(base);
+    // As autograd does for saved tensors: an in-place change of the dense weight before the
+    // backward (a merge mid-step) must fail loudly, not give gradients of another weight.
+    ctx->saved_data["weight_version"] = static_cast<int64_t>(base->weight.defined() ? base->weight._version() : 0);
     auto sizes = x.sizes().vec();
     sizes.back() = y2.size(1);
     return y2.view(sizes);
@@ -126,6 +129,9 @@ class LoraProjectionFunction : public torch::autograd::Function<LoraProjectionFu
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     const SavedAdapter s = load_adapter(ctx);
     auto base = c10::static_intrusive_pointer_cast<BaseHolder>(ctx->saved_data["base"].toCapsule());
+    TORCH_CHECK(!base->weight.defined() ||
+                    static_cast<int64_t>(base->weight._version()) == ctx->saved_data["weight_version"].toInt(),
+                "lora_projection: the base weight was modified in place between the forward and the backward");
     const at::Tensor g2 = rows(grads[0]);
     const bool need_x = ctx->needs_input_grad(0);
     at::Tensor grad_x2;

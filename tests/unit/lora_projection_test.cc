@@ -148,3 +148,16 @@ TEST_CASE("lora_projection runs without autograd and under no_grad", "[unit]") {
   at::NoGradGuard no_grad;
   CHECK(rel_err(got, reference(at::linear(c.x, base.weight), c.x, c.a, c.b, 3.0)) < 1e-5);
 }
+
+TEST_CASE("lora_projection's backward refuses a base weight changed in place after the forward", "[unit]") {
+  at::manual_seed(6);
+  Case c = make_case(at::kFloat, at::kFloat, 8, 5, 2, true);
+  Linear base;
+  base.weight = at::randn({5, 8});
+  const at::Tensor y = lora_projection(c.x, base, c.a, c.b, 2.0);
+  {
+    at::NoGradGuard no_grad;
+    base.weight.add_(1.0);  // what merging the adapter mid-step would do
+  }
+  CHECK_THROWS_WITH(y.sum().backward(), Catch::Contains("modified in place"));
+}
