@@ -4,6 +4,7 @@
 //   temper_dist_worker --out <prefix> [--mode full|lora] [--steps N] [--batch B] [--seq T]
 //       [--accum G] [--zero] [--device cpu|cuda] [--dtype f32|bf16] [--ckpt-dir D --ckpt-every K]
 //       [--resume D] [--die-at-step K] [--data-seed S] [--timeout-ms MS] [--layers L] [--hidden H]
+//       [--tied]
 //
 // Every rank builds the same tiny LLaMA model and the same list of batches (from --data-seed),
 // trains, and rank 0 writes <prefix>.jsonl (one line per step: loss and grad norm as exact hex
@@ -93,6 +94,7 @@ int main(int argc, char** argv) {
   config.max_position_embeddings = 512;
   config.rms_norm_eps = 1e-5;
   config.eos_token_ids = {2};
+  config.tie_word_embeddings = flag(argc, argv, "--tied");  // one tensor, two gradients per backward
   ModelOptions model_options;
   model_options.device = device;
   model_options.dtype = bf16 ? at::kBFloat16 : at::kFloat;

@@ -248,6 +248,9 @@ TEST_CASE("two Gloo processes train exactly as one process on the same global ba
       {"full_zero1", {"--mode", "full", "--steps", "4", "--zero"}},
       {"lora_zero1", {"--mode", "lora", "--steps", "4", "--accum", "2", "--zero"}},
       {"uneven_rows", {"--mode", "lora", "--steps", "3", "--batch", "3"}},
+      // Tied embedding and head: one tensor, used twice, whose summed gradient must reach the
+      // all-reduce (autograd sums the two before the tensor's hook sees them).
+      {"full_tied", {"--mode", "full", "--steps", "4", "--accum", "2", "--tied"}},
   };
   for (const Case& c : cases) {
     SECTION(c.name) {
