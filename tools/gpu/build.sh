@@ -21,4 +21,4 @@ nccl_include=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidi
 cmake -S "$root" -B "$root/build-gpu" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$prefix/usr" -DCMAKE_CUDA_ARCHITECTURES=90a \
   -DTEMPER_SPM_ENCODE="$prefix/usr/bin/spm_encode" ${nccl_include:+-DTEMPER_NCCL_INCLUDE_DIR="$nccl_include"} >/dev/null
-cmake --build "$root/build-gpu" -j "$(nproc)"
+cmake --build "$root/build-gpu" -j "$(nproc)" ${TEMPER_GPU_TARGETS:+--target $TEMPER_GPU_TARGETS}
