@@ -9,7 +9,8 @@
 // Invariants: one thread block owns whole rows, so the row reduction needs no atomics; dw is
 // accumulated per block in shared memory (each column owned by one thread) and the per-block
 // partial rows are summed by a second kernel, so the result does not depend on scheduling
-// (deterministic). Reference: rms_norm_reference in lib/ops/rms_norm.cc; parity test
+// (deterministic). When the weight is frozen (LoRA), a dx-only kernel runs one block per row
+// with no accumulator and no second kernel; its dx is the same per-row code. Reference: rms_norm_reference in lib/ops/rms_norm.cc; parity test
 // tests/cuda/rms_norm_kernel_test.cc.
 #include "kernels/rms_norm.cuh"
 #include "kernels/float_convert.cuh"
@@ -58,6 +59,28 @@ __global__ void rms_norm_forward_kernel(T* __restrict__ y, float* __restrict__ r
   }
 }
 
+// One row of the backward, by the whole block: dx for the row and, with dw_acc non-null, its
+// dy * n added to the block's dw accumulator. Both backward kernels run exactly this, so dx is
+// the same bit for bit whether the weight's gradient is wanted or not.
+template <typename T>
+__device__ __forceinline__ void backward_row(T* __restrict__ dxr, const T* __restrict__ dyr, const T* __restrict__ xr,
+                                             const T* __restrict__ weight, float r, int64_t hidden, float* scratch,
+                                             float* dw_acc) {
+  float dot = 0.0f;
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
+    dot = __fadd_rn(dot, __fmul_rn(__fmul_rn(to_float(dyr[j]), to_float(weight[j])), __fmul_rn(to_float(xr[j]), r)));
+  }
+  const float mean_dot = block_sum(dot, scratch) / static_cast<float>(hidden);
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
+    const float n = __fmul_rn(to_float(xr[j]), r);
+    const float g = to_float(dyr[j]);
+    // Here and above: rounded step by step (no contraction into FMAs), so that the two kernels
+    // that inline this cannot round dx differently.
+    dxr[j] = from_float<T>(__fmul_rn(r, __fsub_rn(__fmul_rn(g, to_float(weight[j])), __fmul_rn(n, mean_dot))));
+    if (dw_acc != nullptr) dw_acc[j] += g * n;
+  }
+}
+
 template <typename T>
 __global__ void rms_norm_backward_kernel(T* __restrict__ dx, float* __restrict__ partial, const T* __restrict__ dy,
                                          const T* __restrict__ x, const T* __restrict__ weight,
@@ -67,23 +90,21 @@ __global__ void rms_norm_backward_kernel(T* __restrict__ dx, float* __restrict__
   for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) dw_acc[j] = 0.0f;
 
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* xr = x + row * hidden;
-    const T* dyr = dy + row * hidden;
-    const float r = rstd[row];
-    float dot = 0.0f;
-    for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
-      dot += to_float(dyr[j]) * to_float(weight[j]) * (to_float(xr[j]) * r);
-    }
-    const float mean_dot = block_sum(dot, scratch) / static_cast<float>(hidden);
-    T* dxr = dx + row * hidden;
-    for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) {
-      const float n = to_float(xr[j]) * r;
-      const float g = to_float(dyr[j]);
-      dxr[j] = from_float<T>(r * (g * to_float(weight[j]) - n * mean_dot));
-      dw_acc[j] += g * n;
-    }
+    backward_row(dx + row * hidden, dy + row * hidden, x + row * hidden, weight, rstd[row], hidden, scratch, dw_acc);
   }
   for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x) partial[blockIdx.x * hidden + j] = dw_acc[j];
+}
+
+// dx only (a frozen weight, as under LoRA): one block per row, like the forward, so every row
+// runs in parallel instead of the 256 row-looping blocks that the dw accumulation needs.
+template <typename T>
+__global__ void rms_norm_backward_dx_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
+                                            const T* __restrict__ weight, const float* __restrict__ rstd,
+                                            int64_t hidden) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  backward_row(dx + row * hidden, dy + row * hidden, x + row * hidden, weight, rstd[row], hidden, scratch,
+               static_cast<float*>(nullptr));
 }
 
 template <typename T>
@@ -131,11 +152,22 @@ cudaError_t launch_rms_norm_backward(T* dx, T* dweight, float* partial, const T*
   return cudaGetLastError();
 }
 
+template <typename T>
+cudaError_t launch_rms_norm_backward_dx(T* dx, const T* dy, const T* x, const T* weight, const float* rstd,
+                                        int64_t rows, int64_t hidden, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (hidden <= 0 || rows > 0x7fffffff) return cudaErrorInvalidValue;
+  rms_norm_backward_dx_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(dx, dy, x, weight, rstd, hidden);
+  return cudaGetLastError();
+}
+
 #define TEMPER_INSTANTIATE_RMS_NORM(T)                                                                          \
   template cudaError_t launch_rms_norm_forward<T>(T*, float*, const T*, const T*, int64_t, int64_t, float,      \
                                                   cudaStream_t);                                                \
   template cudaError_t launch_rms_norm_backward<T>(T*, T*, float*, const T*, const T*, const T*, const float*, \
-                                                   int64_t, int64_t, int64_t, cudaStream_t);
+                                                   int64_t, int64_t, int64_t, cudaStream_t);                  \
+  template cudaError_t launch_rms_norm_backward_dx<T>(T*, const T*, const T*, const T*, const float*, int64_t,  \
+                                                      int64_t, cudaStream_t);
 
 TEMPER_INSTANTIATE_RMS_NORM(float)
 TEMPER_INSTANTIATE_RMS_NORM(__nv_bfloat16)

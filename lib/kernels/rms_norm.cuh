@@ -32,6 +32,16 @@ cudaError_t launch_rms_norm_backward(T* dx,             // [rows, hidden]
                                      const float* rstd, // [rows] fp32 from the forward
                                      int64_t rows, int64_t hidden, int64_t partial_blocks, cudaStream_t stream);
 
+// dx alone, as launch_rms_norm_backward computes it (bit for bit), for a weight that takes no
+// gradient: no scratch, one block per row.
+template <typename T>
+cudaError_t launch_rms_norm_backward_dx(T* dx,              // [rows, hidden]
+                                        const T* dy,        // [rows, hidden]
+                                        const T* x,         // [rows, hidden]
+                                        const T* weight,    // [hidden]
+                                        const float* rstd,  // [rows] fp32 from the forward
+                                        int64_t rows, int64_t hidden, cudaStream_t stream);
+
 // How many blocks the backward spreads rows over (each keeps one partial dw row).
 int64_t rms_norm_backward_partial_blocks(int64_t rows);
 

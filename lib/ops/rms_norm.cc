@@ -33,7 +33,8 @@ class RmsNormFunction : public torch::autograd::Function<RmsNormFunction> {
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
     const auto saved = ctx->get_saved_variables();
-    auto [dx, dw] = rms_norm_cuda_backward(grads[0], saved[0], saved[1], saved[2]);
+    // A frozen weight (LoRA) skips the weight gradient and its cross-row reduction.
+    auto [dx, dw] = rms_norm_cuda_backward(grads[0], saved[0], saved[1], saved[2], ctx->needs_input_grad(1));
     return {dx, dw, at::Tensor()};
   }
 };
@@ -64,7 +65,8 @@ std::pair<at::Tensor, at::Tensor> rms_norm_cuda_forward(const at::Tensor& x, con
 }
 
 std::pair<at::Tensor, at::Tensor> rms_norm_cuda_backward(const at::Tensor& dy, const at::Tensor& x,
-                                                         const at::Tensor& weight, const at::Tensor& rstd) {
+                                                         const at::Tensor& weight, const at::Tensor& rstd,
+                                                         bool weight_grad) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t hidden = x.size(-1);
   const int64_t rows = x.numel() / hidden;
@@ -72,10 +74,22 @@ std::pair<at::Tensor, at::Tensor> rms_norm_cuda_backward(const at::Tensor& dy, c
   const at::Tensor xc = x.contiguous();
   const at::Tensor wc = weight.contiguous();
   at::Tensor dx = at::empty_like(xc);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (!weight_grad) {
+    dispatch_float_type(x.scalar_type(), "rms_norm", [&](auto tag) {
+      using T = decltype(tag);
+      check_cuda(launch_rms_norm_backward_dx(reinterpret_cast<T*>(dx.data_ptr()),
+                                             reinterpret_cast<const T*>(dyc.data_ptr()),
+                                             reinterpret_cast<const T*>(xc.data_ptr()),
+                                             reinterpret_cast<const T*>(wc.data_ptr()), rstd.data_ptr<float>(), rows,
+                                             hidden, stream),
+                 "rms_norm backward (dx) kernel");
+    });
+    return {dx, at::Tensor()};
+  }
   const int64_t blocks = rms_norm_backward_partial_blocks(rows);
   at::Tensor partial = at::empty({blocks, hidden}, xc.options().dtype(at::kFloat));
   at::Tensor dw = at::empty_like(wc);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   dispatch_float_type(x.scalar_type(), "rms_norm", [&](auto tag) {
     using T = decltype(tag);
     check_cuda(launch_rms_norm_backward(reinterpret_cast<T*>(dx.data_ptr()), reinterpret_cast<T*>(dw.data_ptr()),

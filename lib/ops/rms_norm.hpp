@@ -17,10 +17,12 @@ at::Tensor rms_norm_reference(const at::Tensor& x, const at::Tensor& weight, dou
 
 #ifdef TEMPER_WITH_CUDA
 // The CUDA kernels directly (for the parity test): forward returns {y [N, H], rstd [N] fp32};
-// backward returns {dx [N, H], dweight [H]} for x, weight, dy of shape [N, H] / [H].
+// backward returns {dx [N, H], dweight [H]} for x, weight, dy of shape [N, H] / [H]; with
+// weight_grad false dweight is undefined and a dx-only kernel runs (same dx, bit for bit).
 std::pair<at::Tensor, at::Tensor> rms_norm_cuda_forward(const at::Tensor& x, const at::Tensor& weight, double eps);
 std::pair<at::Tensor, at::Tensor> rms_norm_cuda_backward(const at::Tensor& dy, const at::Tensor& x,
-                                                         const at::Tensor& weight, const at::Tensor& rstd);
+                                                         const at::Tensor& weight, const at::Tensor& rstd,
+                                                         bool weight_grad = true);
 #endif
 
 }  // namespace temper

@@ -37,6 +37,10 @@ TEST_CASE("fused RMSNorm matches the reference forward and backward", "[cuda]") 
       CHECK(max_abs_diff(y, yr.detach()) <= tol * std::max(1.0, scale_y));
       CHECK(max_abs_diff(dx, xr.grad()) <= tol * std::max(1.0, xr.grad().abs().max().item<double>()));
       CHECK(max_abs_diff(dw, wr.grad()) <= tol * std::max(1.0, wr.grad().abs().max().item<double>()));
+      // A frozen weight: the dx-only kernel gives the same dx bit for bit, and no dweight.
+      auto [dx_only, no_dw] = rms_norm_cuda_backward(dy, x, w, rstd, /*weight_grad=*/false);
+      CHECK(at::equal(dx_only, dx));
+      CHECK_FALSE(no_dw.defined());
     }
   }
 #endif
@@ -55,4 +59,23 @@ TEST_CASE("rms_norm routes CUDA tensors through the fused kernel under autograd"
   CHECK(max_abs_diff(y, rms_norm_reference(xr, wr, 1e-6).detach()) < 1e-4);
   CHECK(max_abs_diff(x.grad(), xr.grad()) < 1e-3);
   CHECK(max_abs_diff(w.grad(), wr.grad()) < 1e-3);
+}
+
+TEST_CASE("rms_norm with a frozen weight gives x the same gradient and the weight none", "[cuda]") {
+  SKIP_WITHOUT_CUDA();
+  at::manual_seed(4);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    INFO(c10::toString(dtype));
+    const auto options = at::TensorOptions().device(at::kCUDA).dtype(dtype);
+    const at::Tensor x0 = at::randn({3, 70, 512}, options);
+    const at::Tensor w_frozen = at::randn({512}, options);
+    const at::Tensor w_trained = w_frozen.clone().requires_grad_(true);
+    const at::Tensor xa = x0.clone().requires_grad_(true), xb = x0.clone().requires_grad_(true);
+    const at::Tensor dy = at::randn({3, 70, 512}, options);
+    rms_norm(xa, w_frozen, 1e-6).backward(dy);
+    rms_norm(xb, w_trained, 1e-6).backward(dy);
+    CHECK(at::equal(xa.grad(), xb.grad()));
+    CHECK_FALSE(w_frozen.grad().defined());
+    CHECK(w_trained.grad().defined());
+  }
 }
