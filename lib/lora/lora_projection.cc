@@ -2,7 +2,6 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
-#include "ops/nf4_linear.hpp"
 
 namespace temper {
 namespace {
@@ -11,15 +10,10 @@ using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
 // The base layer as the functions need it between forward and backward: frozen, so it is not an
-// autograd input; the quantized state is held, never a dequantized copy.
+// autograd input. A copy of the Linear (tensor handles; a quantized base keeps its NF4 state,
+// and Linear::dense_weight dequantizes afresh in each direction, never kept).
 struct BaseHolder : torch::CustomClassHolder {
-  at::Tensor weight;  // [out, in] dense, or undefined when quantized
-  at::Tensor bias;    // [out] or undefined
-  std::shared_ptr<const QuantState> quantized;
-
-  at::Tensor dense(at::ScalarType dtype) const {  // [out, in]
-    return quantized ? nf4_dense_weight(*quantized, dtype) : weight.to(dtype);
-  }
+  Linear layer;
 };
 
 // The adapter's operands in the compute dtype: A as is, B with the scale folded in (both tiny),
@@ -112,15 +106,16 @@ class LoraProjectionFunction : public torch::autograd::Function<LoraProjectionFu
                             c10::intrusive_ptr<BaseHolder> base, double scale) {
     const at::ScalarType dtype = x.scalar_type();
     const at::Tensor x2 = rows(x);
-    const at::Tensor w = base->dense(dtype);  // [out, in]; for NF4 a transient copy
-    at::Tensor y2 = base->bias.defined() ? at::addmm(base->bias.to(dtype), x2, w.t()) : at::mm(x2, w.t());
+    const Linear& layer = base->layer;
+    const at::Tensor w = layer.dense_weight(dtype);  // [out, in]; for NF4 a transient copy
+    at::Tensor y2 = layer.bias.defined() ? at::addmm(layer.bias.to(dtype), x2, w.t()) : at::mm(x2, w.t());
     const Operands o = operands(a, b, scale, dtype);
     const at::Tensor h = accumulate_adapter(y2, x2, o);
     save_adapter(ctx, x, h, o, a, b, scale);
     ctx->saved_data["base"] = c10::IValue::make_capsule(base);
     // As autograd does for saved tensors: an in-place change of the dense weight before the
     // backward (a merge mid-step) must fail loudly, not give gradients of another weight.
-    ctx->saved_data["weight_version"] = static_cast<int64_t>(base->weight.defined() ? base->weight._version() : 0);
+    ctx->saved_data["weight_version"] = static_cast<int64_t>(layer.weight.defined() ? layer.weight._version() : 0);
     auto sizes = x.sizes().vec();
     sizes.back() = y2.size(1);
     return y2.view(sizes);
@@ -129,13 +124,14 @@ class LoraProjectionFunction : public torch::autograd::Function<LoraProjectionFu
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     const SavedAdapter s = load_adapter(ctx);
     auto base = c10::static_intrusive_pointer_cast<BaseHolder>(ctx->saved_data["base"].toCapsule());
-    TORCH_CHECK(!base->weight.defined() ||
-                    static_cast<int64_t>(base->weight._version()) == ctx->saved_data["weight_version"].toInt(),
+    const Linear& layer = base->layer;
+    TORCH_CHECK(!layer.weight.defined() ||
+                    static_cast<int64_t>(layer.weight._version()) == ctx->saved_data["weight_version"].toInt(),
                 "lora_projection: the base weight was modified in place between the forward and the backward");
     const at::Tensor g2 = rows(grads[0]);
     const bool need_x = ctx->needs_input_grad(0);
     at::Tensor grad_x2;
-    if (need_x) grad_x2 = at::mm(g2, base->dense(g2.scalar_type()));  // [N, in]
+    if (need_x) grad_x2 = at::mm(g2, layer.dense_weight(g2.scalar_type()));  // [N, in]
     const AdapterGrads g = adapter_backward(g2, rows(s.x), s.h, s.o, s.a, s.b, s.scale, need_x, grad_x2);
     return {need_x ? grad_x2.view(s.x.sizes()) : at::Tensor(), g.a, g.b, at::Tensor(), at::Tensor()};
   }
@@ -176,9 +172,7 @@ at::Tensor lora_projection(const at::Tensor& x, const Linear& base, const at::Te
                            double scale) {
   TORCH_CHECK(lora_projection_fusable(base), "lora_projection: the base layer must be frozen");
   auto holder = c10::make_intrusive<BaseHolder>();
-  holder->weight = base.weight;
-  holder->bias = base.bias;
-  holder->quantized = base.quantized;
+  holder->layer = base;
   return LoraProjectionFunction::apply(x, a, b, holder, scale);
 }
 

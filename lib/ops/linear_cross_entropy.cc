@@ -32,7 +32,6 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& weight,
                             const at::Tensor& labels, int64_t chunk_rows, bool want_grad) {
     const int64_t n = h.size(0);
-    const int64_t vocab = weight.size(0);
     const bool grad_h = want_grad && h.requires_grad();
     const bool grad_w = want_grad && weight.requires_grad();
     at::Tensor loss = at::zeros({}, h.options().dtype(at::kFloat));
@@ -48,12 +47,11 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
       const at::Tensor logits = at::matmul(hc, w_t);  // [rows, V]
       loss.add_(softmax_cross_entropy_rows_(logits, lc, grad_h || grad_w).sum());
       if (!grad_h && !grad_w) continue;
-      const at::Tensor& pd = logits;
       if (grad_h) {
         at::Tensor dh_rows = dh.narrow(0, start, rows);  // contiguous: rows of a contiguous [N, H]
-        at::mm_out(dh_rows, pd, weight);
+        at::mm_out(dh_rows, logits, weight);
       }
-      if (grad_w) dw.add_(at::matmul(pd.t(), hc));
+      if (grad_w) dw.add_(at::matmul(logits.t(), hc));
     }
     ctx->save_for_backward({dh, grad_w ? dw.to(weight.scalar_type()) : at::Tensor()});
     return loss;

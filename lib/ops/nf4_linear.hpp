@@ -13,10 +13,6 @@
 namespace temper {
 
 // x [..., in], bias [out] or undefined -> [..., out]
-// The weight dequantized to `dtype` [shape of the original weight]: a fresh tensor each call,
-// for the caller to drop once its GEMM has run.
-at::Tensor nf4_dense_weight(const QuantState& weight, at::ScalarType dtype);
-
 at::Tensor nf4_linear(const at::Tensor& x, const std::shared_ptr<const QuantState>& weight, const at::Tensor& bias);
 
 }  // namespace temper

@@ -4,7 +4,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include "lora/lora_projection.hpp"
-#include "ops/nf4_linear.hpp"
+#include "temper/nf4_quantizer.hpp"
 #include "test_support.hpp"
 
 using namespace temper;
@@ -37,7 +37,7 @@ TEST_CASE("lora_projection on CUDA in bf16 matches the fp64 expression", "[cuda]
       auto state = Nf4Quantizer::quantize(w.cuda());
       REQUIRE_OK(state);
       base.quantized = std::make_shared<const QuantState>(std::move(*state));
-      w_ref = nf4_dense_weight(*base.quantized, at::kFloat).cpu();
+      w_ref = base.dense_weight(at::kFloat).cpu();
     } else {
       base.weight = w.to(at::kBFloat16).cuda();
       w_ref = base.weight.cpu();
