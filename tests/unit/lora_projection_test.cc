@@ -43,6 +43,23 @@ std::vector<at::Tensor> grads_of(const at::Tensor& y, const at::Tensor& upstream
                                /*allow_unused=*/true);
 }
 
+// got and want agree, and so do their gradients with respect to each of `wrt` (named in `names`
+// for the failure message) under the same upstream gradient.
+void check_same(const at::Tensor& got, const at::Tensor& want, const at::Tensor& upstream,
+                const std::vector<at::Tensor>& wrt, const char* names, double tol) {
+  CHECK(got.sizes() == want.sizes());
+  CHECK(got.scalar_type() == want.scalar_type());
+  CHECK(rel_err(got, want) < tol);
+  const auto g_got = grads_of(got, upstream, wrt);
+  const auto g_want = grads_of(want, upstream, wrt);
+  for (size_t i = 0; i < wrt.size(); ++i) {
+    INFO("gradient " << i << " of " << names);
+    REQUIRE(g_got[i].defined());
+    CHECK(g_got[i].scalar_type() == wrt[i].scalar_type());
+    CHECK(rel_err(g_got[i], g_want[i]) < tol);
+  }
+}
+
 void check_projection(at::ScalarType compute, at::ScalarType master, bool bias, bool x_grad, double tol) {
   at::manual_seed(7);
   const int64_t in = 12, out = 9, r = 3;
@@ -56,20 +73,10 @@ void check_projection(at::ScalarType compute, at::ScalarType master, bool bias, 
 
   const at::Tensor got = lora_projection(c.x, base, c.a, c.b, s);
   const at::Tensor want = reference(at::linear(c.x, base.weight, base.bias), c.x, c.a, c.b, s);
-  CHECK(got.sizes() == want.sizes());
   CHECK(got.scalar_type() == compute);
-  CHECK(rel_err(got, want) < tol);
-
   std::vector<at::Tensor> wrt = {c.a, c.b};
   if (x_grad) wrt.push_back(c.x);
-  const auto g_got = grads_of(got, upstream, wrt);
-  const auto g_want = grads_of(want, upstream, wrt);
-  for (size_t i = 0; i < wrt.size(); ++i) {
-    INFO("gradient " << i << " (a, b, x)");
-    REQUIRE(g_got[i].defined());
-    CHECK(g_got[i].scalar_type() == wrt[i].scalar_type());
-    CHECK(rel_err(g_got[i], g_want[i]) < tol);
-  }
+  check_same(got, want, upstream, wrt, "(a, b, x)", tol);
 }
 
 }  // namespace
@@ -95,13 +102,7 @@ TEST_CASE("lora_projection on an NF4 base equals nf4_linear plus the unfused ada
 
   const at::Tensor got = lora_projection(c.x, base, c.a, c.b, s);
   const at::Tensor want = reference(nf4_linear(c.x, base.quantized, base.bias), c.x, c.a, c.b, s);
-  CHECK(rel_err(got, want) < 1e-5);
-  const auto g_got = grads_of(got, upstream, {c.a, c.b, c.x});
-  const auto g_want = grads_of(want, upstream, {c.a, c.b, c.x});
-  for (size_t i = 0; i < 3; ++i) {
-    INFO("gradient " << i << " (a, b, x)");
-    CHECK(rel_err(g_got[i], g_want[i]) < 1e-5);
-  }
+  check_same(got, want, upstream, {c.a, c.b, c.x}, "(a, b, x)", 1e-5);
 }
 
 TEST_CASE("lora_projection refuses a trainable base, lora_add takes it", "[unit]") {
@@ -122,16 +123,8 @@ TEST_CASE("lora_projection refuses a trainable base, lora_add takes it", "[unit]
   const at::Tensor y_base = at::linear(c.x, base.weight, base.bias);
   const at::Tensor got = lora_add(y_base, xd, c.a, c.b, s);
   const at::Tensor want = reference(at::linear(c.x, base.weight, base.bias), xd, c.a, c.b, s);
-  CHECK(rel_err(got, want) < 1e-12);
   CHECK(rel_err(y_base, at::linear(c.x, base.weight, base.bias)) == 0.0);  // the base output is untouched
-  const std::vector<at::Tensor> wrt = {c.a, c.b, c.x, xd, base.weight, base.bias};
-  const auto g_got = grads_of(got, upstream, wrt);
-  const auto g_want = grads_of(want, upstream, wrt);
-  for (size_t i = 0; i < wrt.size(); ++i) {
-    INFO("gradient " << i << " (a, b, x, xd, weight, bias)");
-    REQUIRE(g_got[i].defined());
-    CHECK(rel_err(g_got[i], g_want[i]) < 1e-12);
-  }
+  check_same(got, want, upstream, {c.a, c.b, c.x, xd, base.weight, base.bias}, "(a, b, x, xd, weight, bias)", 1e-12);
 }
 
 TEST_CASE("lora_projection runs without autograd and under no_grad", "[unit]") {
