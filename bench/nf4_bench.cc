@@ -127,18 +127,20 @@ int sweep(const char* device, const temper::QuantState& state, at::Tensor& out, 
       for (bool streaming : {false, true}) {
         const temper::Nf4DequantTuning tuning{chunks, threads, streaming};
         if (const cudaError_t err = launch_raw(state, out, tuning); err != cudaSuccess) {
-          std::fprintf(stderr, "nf4 dequantize sweep %d/%d/%d: %s\n", chunks, threads, streaming, cudaGetErrorString(err));
+          std::fprintf(stderr, "nf4 dequantize sweep %d/%d/%d: %s\n", chunks, threads, streaming,
+                       cudaGetErrorString(err));
           return 1;
         }
         const double ms = median_ms([&] { (void)launch_raw(state, out, tuning); }, kBatch);
         const double gbps = bytes / (ms * 1e-3) / 1e9;
+        const std::optional<double> of_nominal = nominal ? std::optional<double>(gbps / *nominal) : std::nullopt;
         std::printf("{\"bench\":\"nf4\",\"device\":\"%s\",\"op\":\"dequantize_kernel_sweep\",\"timing\":\"batched\","
                     "\"shape\":[%lld,%lld],\"double_quant\":%s,\"chunks_per_thread\":%d,\"threads\":%d,"
                     "\"streaming_stores\":%s,\"median_ms\":%.4f,\"gb_per_s\":%.1f,\"fraction_of_copy\":%.3f,"
                     "\"fraction_of_nominal\":%s}\n",
                     device, static_cast<long long>(rows), static_cast<long long>(cols),
                     state.double_quant() ? "true" : "false", chunks, threads, streaming ? "true" : "false", ms, gbps,
-                    gbps / copy_gbps, json_number_or_null(nominal ? std::optional<double>(gbps / *nominal) : std::nullopt, "%.3f").c_str());
+                    gbps / copy_gbps, json_number_or_null(of_nominal, "%.3f").c_str());
         std::fflush(stdout);
       }
     }

@@ -133,8 +133,9 @@ __device__ __forceinline__ void store_chunk(uint4* dst, const uint4* src) {
 
 // __launch_bounds__(1024): every launch shape the tuning allows must fit in registers.
 template <typename T, typename Absmax, int kChunks, bool kStreaming>
-__global__ void __launch_bounds__(1024) nf4_dequantize8_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed, Absmax absmax,
-                                       const float* __restrict__ levels, int64_t chunks, int blocksize_shift) {
+__global__ void __launch_bounds__(1024)
+    nf4_dequantize8_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed, Absmax absmax,
+                           const float* __restrict__ levels, int64_t chunks, int blocksize_shift) {
   __shared__ float lut[16];
   if (threadIdx.x < 16) lut[threadIdx.x] = levels[threadIdx.x];
   __syncthreads();

@@ -10,7 +10,8 @@
 // accumulated per block in shared memory (each column owned by one thread) and the per-block
 // partial rows are summed by a second kernel, so the result does not depend on scheduling
 // (deterministic). When the weight is frozen (LoRA), a dx-only kernel runs one block per row
-// with no accumulator and no second kernel; its dx is the same per-row code. Reference: rms_norm_reference in lib/ops/rms_norm.cc; parity test
+// with no accumulator and no second kernel; its dx is the same per-row code.
+// Reference: rms_norm_reference in lib/ops/rms_norm.cc; parity test
 // tests/cuda/rms_norm_kernel_test.cc.
 #include "kernels/rms_norm.cuh"
 #include "kernels/float_convert.cuh"

@@ -2,7 +2,6 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
-
 namespace temper {
 namespace {
 
@@ -55,7 +54,7 @@ struct AdapterGrads {
 };
 
 AdapterGrads adapter_backward(const at::Tensor& g2, const at::Tensor& x2, const at::Tensor& h, const Operands& o,
-                              const at::Tensor& a_master, const at::Tensor& b_master, double scale, bool need_x,
+                              at::ScalarType a_dtype, at::ScalarType b_dtype, double scale, bool need_x,
                               at::Tensor& grad_x2) {
   const at::Tensor gh = at::mm(g2, o.b_scaled);  // [N, r] = s g2 B
   if (need_x) {
@@ -66,23 +65,25 @@ AdapterGrads adapter_backward(const at::Tensor& g2, const at::Tensor& x2, const 
     }
   }
   AdapterGrads grads;
-  grads.a = at::mm(gh.t(), x2).to(a_master.scalar_type());
-  grads.b = at::empty(b_master.sizes(), b_master.options());
+  grads.a = at::mm(gh.t(), x2).to(a_dtype);
+  grads.b = at::empty(o.b_scaled.sizes(), o.b_scaled.options().dtype(b_dtype));
   at::mul_out(grads.b, at::mm(g2.t(), h), at::scalar_tensor(scale, at::TensorOptions().dtype(at::kDouble)));
   return grads;
 }
 
+// The gradients of A and B are returned in the masters' dtypes (their shapes are the operands').
 void save_adapter(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& h, const Operands& o,
                   const at::Tensor& a, const at::Tensor& b, double scale) {
-  // The masters are saved only for their dtype and shape (the gradients are returned in them);
-  // they are parameters and stay alive anyway.
-  ctx->save_for_backward({x, h, o.a, o.b_scaled, a, b});
+  ctx->save_for_backward({x, h, o.a, o.b_scaled});
   ctx->saved_data["scale"] = scale;
+  ctx->saved_data["a_dtype"] = static_cast<int64_t>(a.scalar_type());
+  ctx->saved_data["b_dtype"] = static_cast<int64_t>(b.scalar_type());
 }
 
 struct SavedAdapter {
-  at::Tensor x, h, a, b;
+  at::Tensor x, h;
   Operands o;
+  at::ScalarType a_dtype, b_dtype;
   double scale;
 };
 
@@ -93,8 +94,8 @@ SavedAdapter load_adapter(AutogradContext* ctx) {
   s.h = saved[1];
   s.o.a = saved[2];
   s.o.b_scaled = saved[3];
-  s.a = saved[4];
-  s.b = saved[5];
+  s.a_dtype = static_cast<at::ScalarType>(ctx->saved_data["a_dtype"].toInt());
+  s.b_dtype = static_cast<at::ScalarType>(ctx->saved_data["b_dtype"].toInt());
   s.scale = ctx->saved_data["scale"].toDouble();
   return s;
 }
@@ -132,7 +133,7 @@ class LoraProjectionFunction : public torch::autograd::Function<LoraProjectionFu
     const bool need_x = ctx->needs_input_grad(0);
     at::Tensor grad_x2;
     if (need_x) grad_x2 = at::mm(g2, layer.dense_weight(g2.scalar_type()));  // [N, in]
-    const AdapterGrads g = adapter_backward(g2, rows(s.x), s.h, s.o, s.a, s.b, s.scale, need_x, grad_x2);
+    const AdapterGrads g = adapter_backward(g2, rows(s.x), s.h, s.o, s.a_dtype, s.b_dtype, s.scale, need_x, grad_x2);
     return {need_x ? grad_x2.view(s.x.sizes()) : at::Tensor(), g.a, g.b, at::Tensor(), at::Tensor()};
   }
 };
@@ -156,7 +157,7 @@ class LoraAddFunction : public torch::autograd::Function<LoraAddFunction> {
     const at::Tensor& g = grads[0];
     const bool need_x = ctx->needs_input_grad(1);
     at::Tensor grad_x2;
-    const AdapterGrads ga = adapter_backward(rows(g), rows(s.x), s.h, s.o, s.a, s.b, s.scale, need_x, grad_x2);
+    const AdapterGrads ga = adapter_backward(rows(g), rows(s.x), s.h, s.o, s.a_dtype, s.b_dtype, s.scale, need_x, grad_x2);
     return {g, need_x ? grad_x2.view(s.x.sizes()) : at::Tensor(), ga.a, ga.b, at::Tensor()};
   }
 };

@@ -20,6 +20,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
 constexpr int64_t kIgnore = -100;
+// Chunk budgets, counted as fp32 logits (the reference's working copy); the fused CUDA kernel
+// works on the chunk in h's dtype, so a bf16 chunk takes half.
 constexpr int64_t kChunkLogitBytes = int64_t{256} << 20;
 // When the head's weight trains (full fine-tuning), every chunk adds its [V, H] weight gradient
 // into an fp32 buffer: at vocab 128k that is a 1 GiB read-modify-write per chunk (15 ms of a

@@ -2,8 +2,9 @@
 //
 // At vocab 128k and 8k tokens a step's fp32 logits are 4 GiB, and cross-entropy keeps a second
 // copy for its backward: the largest activation of the model. This op runs the head GEMM and the
-// fp32 log-softmax over chunks of rows (~256 MiB of fp32 logits each). When a gradient will be
-// needed it also forms d loss / d logits = softmax - onehot for the chunk right away and reduces
+// fp32 log-softmax over chunks of rows (as many rows as ~256 MiB of fp32 logits would hold; the
+// chunk's logits are in h's dtype, and only the CPU reference makes an fp32 working copy). When a
+// gradient will be needed it also forms d loss / d logits = softmax - onehot for the chunk right away and reduces
 // it into the gradients of h and of the weight, so the backward only scales them by the incoming
 // gradient (the loss is a scalar): no logits are kept and none are recomputed. On CUDA the
 // softmax, loss and gradient of a chunk are one fused kernel (lib/kernels/cross_entropy.cu) that
