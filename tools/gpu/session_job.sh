@@ -14,6 +14,9 @@
 #                  NF4_SWEEP=1 adds nf4_bench's sweep of the dequantize kernel's launch shapes.
 #                  With BENCH_PROFILE=1 instead: train_bench --profile (one step under the Kineto
 #                  profiler) for 1B LoRA, 1B full and 7B QLoRA with checkpointing, per-op device time
+#                  (PROFILE_RUNS="--shape 1b --mode lora;..." picks other train_bench argument sets)
+#   PART=sdpa      bench/sdpa_backends.py: flash / cuDNN / memory-efficient SDPA, forward + backward,
+#                  on the 1B and 7B attention shapes (needs no build)
 #   PART=dist      (two GPUs: kind nvidia-h200-x2) the [cuda][distributed] tests (NCCL, bf16
 #                  equivalence with one GPU), then data-parallel scaling: train_bench 1B LoRA and
 #                  full fine-tuning on one GPU and on two through tools/temper-launch (same per-GPU
@@ -78,7 +81,8 @@ fi
 
 if [[ $part == *,bench,* && ${BENCH_PROFILE:-0} == 1 ]]; then
   b="$snap/build-gpu/bench"
-  for args in "--shape 1b --mode lora" "--shape 1b --mode full" "--shape 7b --mode qlora --ckpt"; do
+  IFS=';' read -r -a profile_runs <<< "${PROFILE_RUNS:---shape 1b --mode lora;--shape 1b --mode full;--shape 7b --mode qlora --ckpt}"
+  for args in "${profile_runs[@]}"; do
     echo "{\"bench\":\"profile_run\",\"args\":\"$args --profile\"}" | tee -a "$out/profile.jsonl"
     "$b/train_bench" $args --profile 2>> "$out/logs/profile.log" >> "$out/profile.jsonl"
     echo "exit $?"; grep '"profile_summary"\|"train_step"' "$out/profile.jsonl" | tail -2
@@ -97,6 +101,10 @@ elif [[ $part == *,bench,* ]]; then
   # 1B QLoRA has no peer in the table (bitsandbytes' 1B row was not a goal); kept for the record.
   [[ -z ${BENCH_CASES:-} ]] && "$b/train_bench" --shape 1b --mode qlora 2>> "$out/logs/compare.log" | tail -1 \
     | tee -a "$out/train_bench.jsonl"
+fi
+if [[ $part == *,sdpa,* ]]; then
+  python3 "$snap/bench/sdpa_backends.py" 2> "$out/logs/sdpa.log" | tee "$out/sdpa_backends.jsonl"
+  echo "sdpa exit ${PIPESTATUS[0]}"; tail -3 "$out/logs/sdpa.log"
 fi
 if [[ $part == *,losscurve,* ]]; then
   # The table to loss_curve.md, every row to loss_curve.jsonl; tokens, adapters and run logs under logs/.
