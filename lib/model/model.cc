@@ -433,9 +433,11 @@ StatusOr<ForwardOutput> Model::forward(const ForwardInput& input, KvCache* cache
       // Position t is scored on labels[t + 1], as causal_lm_loss shifts.
       const int64_t hidden = h.size(-1);
       const at::Tensor scored = h.narrow(1, 0, h.size(1) - 1).reshape({-1, hidden});
-      const at::Tensor targets = input.labels.to(device).narrow(1, 1, h.size(1) - 1).reshape({-1});
+      const at::Tensor shifted = input.labels.narrow(1, 1, h.size(1) - 1).reshape({-1});
+      const at::Tensor targets = shifted.to(device);
       out.loss_sum = linear_cross_entropy_sum(scored, impl_->lm_head, targets);
-      out.num_tokens = targets.ne(kIgnoreIndex).sum().item<int64_t>();
+      // Counted where the labels came from: for host labels (the Trainer's) no wait for the device.
+      out.num_tokens = shifted.ne(kIgnoreIndex).sum().item<int64_t>();
       out.loss = out.loss_sum / static_cast<double>(std::max<int64_t>(out.num_tokens, 1));
       return out;
     }

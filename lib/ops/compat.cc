@@ -120,6 +120,20 @@ void fused_adamw(at::TensorList params, at::TensorList grads, at::TensorList exp
 #endif
 }
 
+std::vector<at::Tensor> foreach_norm_fp32(at::TensorList tensors) {
+#if TEMPER_TORCH_AT_LEAST(2, 6)
+  if (tensors.empty()) return {};
+  return at::_foreach_norm(tensors, 2, at::kFloat);
+#else
+  std::vector<at::Tensor> norms;
+  norms.reserve(tensors.size());
+  for (const at::Tensor& t : tensors) {
+    norms.push_back(at::linalg_vector_norm(t, 2, c10::nullopt, /*keepdim=*/false, at::kFloat));
+  }
+  return norms;
+#endif
+}
+
 double profiler_event_duration_us(const torch::autograd::profiler::KinetoEvent& event) {
 #if TEMPER_TORCH_AT_LEAST(2, 1)
   return static_cast<double>(event.durationNs()) / 1e3;

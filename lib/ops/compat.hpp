@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <torch/version.h>
@@ -61,6 +62,11 @@ bool fused_adamw_available(const at::Tensor& t);
 // p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). Call only where fused_adamw_available().
 void fused_adamw(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                  const at::Tensor& step, double lr, double beta1, double beta2, double weight_decay, double eps);
+
+// The 2-norm of each tensor, each accumulated and returned as a [] fp32 tensor whatever the
+// tensor's dtype (bf16 gradients included). torch >= 2.6: at::_foreach_norm with an fp32 result,
+// a few multi-tensor launches for the whole list; older: one linalg_vector_norm per tensor.
+std::vector<at::Tensor> foreach_norm_fp32(at::TensorList tensors);
 
 // Duration of a Kineto profiler event (an op on the host, a kernel or copy on the device) in
 // microseconds: KinetoEvent::durationUs() in 1.13, durationNs() since 2.1.

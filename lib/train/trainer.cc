@@ -21,6 +21,7 @@
 #include "io/safetensors.hpp"
 #include "lora/lora_adapter_impl.hpp"
 #include "model/model_impl.hpp"
+#include "ops/compat.hpp"
 #include "temper/lora_adapter.hpp"
 #include "train/checkpoint_dir.hpp"
 #include "train/optimizer.hpp"
@@ -320,7 +321,9 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
 
   for (auto& [name, p] : trainable) p.mutable_grad() = at::Tensor();
   if (adapter != nullptr) adapter->set_training(true);  // dropout on while training only
-  double loss_sum = 0.0;
+  // Summed on the device and read once with the gradient norm: a read here would wait for the
+  // whole backward, and the host would then issue the optimizer's launches to an idle GPU.
+  at::Tensor loss_total;  // [] fp64
   for (size_t m = 0; m < micro.size(); ++m) {
     const Batch batch = rows_of_rank(micro[m], rank, world);
     if (reducer != nullptr && m + 1 == micro.size()) reducer->arm();
@@ -344,15 +347,17 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
       for (auto& [name, p] : trainable) p.mutable_grad() = at::Tensor();
       return backward;
     }
-    loss_sum += out->loss_sum.item<double>();
+    const at::Tensor micro_loss = out->loss_sum.detach().to(at::kDouble);
+    loss_total = loss_total.defined() ? loss_total + micro_loss : micro_loss;
   }
+  double loss_sum = 0.0;
   std::vector<at::Tensor> reduced;  // fp32 gradients summed over ranks (a world of more than one)
   if (reducer != nullptr) {
     TEMPER_ASSIGN_OR_RETURN(reduced, reducer->finish());
     // The loss, and a fingerprint of the global batch each rank drew: ranks given different data
     // would train on a mixture nobody asked for.
     at::Tensor totals = at::zeros({1 + world}, at::TensorOptions().dtype(at::kDouble).device(comm->device()));
-    totals[0] = loss_sum;
+    if (loss_total.defined()) totals[0] = loss_total.to(totals.device());
     totals[1 + rank] = batch_fingerprint(micro);
     TEMPER_RETURN_IF_ERROR(comm->all_reduce_sum(totals));
     const at::Tensor cpu = totals.cpu();
@@ -372,17 +377,21 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
   TEMPER_RETURN_IF_ERROR(guarded("optimizer step", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
     std::vector<at::Tensor> grads;
-    std::vector<at::Tensor> norms;
     for (size_t i = 0; i < trainable.size(); ++i) {
       const at::Tensor& p = trainable[i].second;
-      at::Tensor g = !reduced.empty()       ? reduced[i]
-                     : p.grad().defined() ? p.grad().to(at::kFloat)
-                                          : at::zeros(p.sizes(), p.options().dtype(at::kFloat));
-      norms.push_back(g.norm());
-      grads.push_back(std::move(g));
+      grads.push_back(!reduced.empty()       ? reduced[i]
+                      : p.grad().defined() ? p.grad().to(at::kFloat)
+                                           : at::zeros(p.sizes(), p.options().dtype(at::kFloat)));
     }
-    // Global norm as torch.nn.utils.clip_grad_norm_ computes it: the norm of the per-tensor norms.
-    const double grad_norm = at::stack(norms).norm().item<double>();
+    // Global norm as torch.nn.utils.clip_grad_norm_ computes it: the norm of the per-tensor norms
+    // (each in fp32, in a few multi-tensor launches). Read together with the loss: the step's one
+    // wait for the device.
+    const at::Tensor norm64 = at::stack(compat::foreach_norm_fp32(grads)).norm().to(at::kDouble);
+    const at::Tensor loss_dev = reducer == nullptr && loss_total.defined() ? loss_total.to(norm64.device())
+                                                                           : at::zeros({}, norm64.options());
+    const at::Tensor host = at::stack({loss_dev, norm64}).cpu();
+    if (reducer == nullptr) loss_sum = host[0].item<double>();
+    const double grad_norm = host[1].item<double>();
     const double loss = loss_sum / static_cast<double>(tokens);
     metrics.loss = loss;
     metrics.grad_norm = grad_norm;
@@ -396,7 +405,7 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
     for (size_t i : owned) owned_grads.push_back(grads[i]);
     if (options.max_grad_norm > 0) {
       const double coef = std::min(1.0, options.max_grad_norm / (grad_norm + 1e-6));
-      for (at::Tensor& g : owned_grads) g.mul_(coef);
+      if (coef < 1.0 && !owned_grads.empty()) at::_foreach_mul_(owned_grads, coef);
     }
     optimizer->step(owned_grads, metrics.lr);
     copy_masters_to_params();
