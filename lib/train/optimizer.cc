@@ -2,8 +2,10 @@
 
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <cmath>
 
+#include "ops/adamw_update.hpp"
 #include "ops/compat.hpp"
 #include "util/strings.hpp"
 
@@ -11,14 +13,17 @@ namespace temper {
 
 Optimizer::Optimizer(const OptimizerOptions& options, std::vector<OptimizedTensor> tensors)
     : options_(options), tensors_(std::move(tensors)) {
-  for (const auto& t : tensors_) {
+  for (auto& t : tensors_) {
+    if (!t.param.defined()) t.param = t.master;
+    TORCH_CHECK(t.param.sizes() == t.master.sizes(), "Optimizer: \"", t.name, "\" has param ", t.param.sizes(),
+                " but master ", t.master.sizes());
     exp_avg_.push_back(at::zeros_like(t.master));
     exp_avg_sq_.push_back(options_.kind == OptimizerKind::kAdamW ? at::zeros_like(t.master) : at::Tensor());
   }
   fused_ = options_.kind == OptimizerKind::kAdamW && !tensors_.empty();
   for (const auto& t : tensors_) {
     fused_ = fused_ && compat::fused_adamw_available(t.master) && t.master.device() == tensors_[0].master.device() &&
-             t.master.is_non_overlapping_and_dense();
+             t.master.is_non_overlapping_and_dense() && t.param.is_same(t.master);
   }
   if (!fused_) return;
   for (size_t i = 0; i < tensors_.size(); ++i) {
@@ -32,7 +37,7 @@ Optimizer::Optimizer(const OptimizerOptions& options, std::vector<OptimizedTenso
   step_count_ = at::zeros({}, tensors_[0].master.options());
 }
 
-bool Optimizer::step_fused(const std::vector<at::Tensor>& grads, double lr) {
+bool Optimizer::step_fused(const std::vector<at::Tensor>& grads, double lr, double grad_scale) {
   // The kernel needs each gradient laid out as its master; the Trainer's are (fp32 copies or
   // reductions of the parameters' gradients), but a caller's other layout takes the per-tensor path.
   for (size_t i = 0; i < tensors_.size(); ++i) {
@@ -42,6 +47,16 @@ bool Optimizer::step_fused(const std::vector<at::Tensor>& grads, double lr) {
         g.strides() != m.strides()) {
       return false;
     }
+  }
+  if (grad_scale != 1.0) {
+    // Scaled in place (the kernel takes no scale), so a gradient passed for two tensors would be
+    // scaled twice; such a call takes the per-tensor path, which scales copies.
+    std::vector<const void*> data;
+    data.reserve(grads.size());
+    for (const at::Tensor& g : grads) data.push_back(g.data_ptr());
+    std::sort(data.begin(), data.end());
+    if (std::adjacent_find(data.begin(), data.end()) != data.end()) return false;
+    at::_foreach_mul_(grads, grad_scale);
   }
   // Written on the device (no host sync) before the kernel reads it; load_state's step count thus
   // reaches the kernel at the next step.
@@ -58,36 +73,57 @@ bool Optimizer::step_fused(const std::vector<at::Tensor>& grads, double lr) {
   return true;
 }
 
-void Optimizer::step(const std::vector<at::Tensor>& grads, double lr) {
+void Optimizer::step_one(size_t i, const at::Tensor& grad, double lr, double grad_scale) {
+  const OptimizedTensor& t = tensors_[i];
+  const double wd = t.decay ? options_.weight_decay : 0.0;
+  if (options_.kind == OptimizerKind::kAdamW) {
+    AdamwUpdateOptions o;
+    o.lr = lr;
+    o.beta1 = options_.beta1;
+    o.beta2 = options_.beta2;
+    o.eps = options_.eps;
+    o.weight_decay = wd;
+    o.step = steps_;
+    o.grad_scale = grad_scale;
+    adamw_update(t.master, exp_avg_[i], exp_avg_sq_[i], grad, t.param, o);
+    return;
+  }
+  const at::Tensor& p = t.master;
+  at::Tensor g = grad.to(at::kFloat);
+  if (grad_scale != 1.0) g = g * grad_scale;
+  const at::Tensor d_p = wd != 0.0 ? g.add(p, wd) : g;
+  if (options_.momentum != 0.0) {
+    if (steps_ == 1) {
+      exp_avg_[i].copy_(d_p);
+    } else {
+      exp_avg_[i].mul_(options_.momentum).add_(d_p);
+    }
+    p.add_(exp_avg_[i], -lr);
+  } else {
+    p.add_(d_p, -lr);
+  }
+  if (!t.param.is_same(p)) t.param.copy_(p);
+}
+
+void Optimizer::step(const std::vector<at::Tensor>& grads, double lr, double grad_scale) {
+  TORCH_CHECK(grads.size() == tensors_.size(), "Optimizer::step: ", grads.size(), " gradients for ", tensors_.size(),
+              " tensors");
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    const at::ScalarType type = grads[i].scalar_type();
+    TORCH_CHECK(type == at::kFloat || type == tensors_[i].param.scalar_type(), "Optimizer::step: the gradient of \"",
+                tensors_[i].name, "\" is ", type, "; expected float32 or the parameter's ",
+                tensors_[i].param.scalar_type());
+  }
   ++steps_;
   at::NoGradGuard no_grad;
-  if (fused_ && step_fused(grads, lr)) return;
-  for (size_t i = 0; i < tensors_.size(); ++i) {
-    at::Tensor& p = tensors_[i].master;
-    const at::Tensor& g = grads[i];
-    const double wd = tensors_[i].decay ? options_.weight_decay : 0.0;
-    if (options_.kind == OptimizerKind::kAdamW) {
-      if (wd != 0.0) p.mul_(1.0 - lr * wd);
-      exp_avg_[i].lerp_(g, 1.0 - options_.beta1);
-      exp_avg_sq_[i].mul_(options_.beta2).addcmul_(g, g, 1.0 - options_.beta2);
-      const double bias_correction1 = 1.0 - std::pow(options_.beta1, static_cast<double>(steps_));
-      const double bias_correction2 = 1.0 - std::pow(options_.beta2, static_cast<double>(steps_));
-      const double step_size = lr / bias_correction1;
-      const at::Tensor denom = (exp_avg_sq_[i].sqrt() / std::sqrt(bias_correction2)).add_(options_.eps);
-      p.addcdiv_(exp_avg_[i], denom, -step_size);
-    } else {
-      const at::Tensor d_p = wd != 0.0 ? g.add(p, wd) : g;
-      if (options_.momentum != 0.0) {
-        if (steps_ == 1) {
-          exp_avg_[i].copy_(d_p);
-        } else {
-          exp_avg_[i].mul_(options_.momentum).add_(d_p);
-        }
-        p.add_(exp_avg_[i], -lr);
-      } else {
-        p.add_(d_p, -lr);
-      }
-    }
+  if (fused_ && step_fused(grads, lr, grad_scale)) return;
+  for (size_t i = 0; i < tensors_.size(); ++i) step_one(i, grads[i], lr, grad_scale);
+}
+
+void Optimizer::write_params() {
+  at::NoGradGuard no_grad;
+  for (const OptimizedTensor& t : tensors_) {
+    if (!t.param.is_same(t.master)) t.param.copy_(t.master);
   }
 }
 

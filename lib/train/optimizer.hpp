@@ -1,10 +1,14 @@
 // AdamW and SGD with momentum over fp32 master tensors, written out so that their state is
 // ours to checkpoint and restore bit-exactly. The update rules follow torch.optim's
 // single-tensor implementations operation for operation (so a PyTorch run and a temper run
-// agree to rounding). When every tensor is a fp32 CUDA tensor of one device and this libtorch
-// has torch's fused multi-tensor AdamW kernel (compat::fused_adamw, torch >= 2.0), AdamW runs
-// through it instead: the same rule in a few launches for all tensors (torch.optim.AdamW with
-// fused=True); CPU tensors and libtorch 1.13 keep the per-tensor path.
+// agree to rounding). Each master may stand beside a model parameter of another dtype
+// (bf16/fp16): a step leaves that parameter holding the master rounded to its dtype. AdamW on
+// CUDA takes one of two fast paths: when every gradient is fp32, every master is its own
+// parameter and this libtorch has torch's fused multi-tensor AdamW kernel (compat::fused_adamw,
+// torch >= 2.0), that kernel updates all tensors in a few launches (torch.optim.AdamW with
+// fused=True); otherwise, in a CUDA build, temper's fused kernel (ops/adamw_update.hpp) updates
+// each tensor in one pass that reads the gradient in its own dtype, scales it and writes the
+// parameter. CPU tensors, SGD and CUDA-less builds keep the per-tensor ATen path.
 #pragma once
 
 #include <string>
@@ -20,16 +24,25 @@ namespace temper {
 
 struct OptimizedTensor {
   std::string name;
-  at::Tensor master;  // fp32, updated in place
+  at::Tensor master;  // [...] fp32, updated in place
   bool decay = true;  // weight decay applies
+  at::Tensor param{};  // [...] the model's tensor (fp32/bf16/fp16); the master itself when that is fp32.
+                       // Left undefined, it is the master.
 };
 
 class Optimizer {
  public:
   Optimizer(const OptimizerOptions& options, std::vector<OptimizedTensor> tensors);
 
-  // One update with `grads` (fp32, one per tensor, same order) at learning rate `lr`.
-  void step(const std::vector<at::Tensor>& grads, double lr);
+  // One update at learning rate `lr` with `grads`, one per tensor in the same order and shape,
+  // each in its param's dtype or fp32; each is used as grad * grad_scale (the clip coefficient).
+  // Afterwards every param that is not its master holds the master rounded to the param's dtype.
+  // The grads' contents afterwards are unspecified: torch's fused path scales them in place.
+  void step(const std::vector<at::Tensor>& grads, double lr, double grad_scale = 1.0);
+
+  // Copies every master into its param (rounded to the param's dtype): after load_state or any
+  // other change to the masters made outside step().
+  void write_params();
 
   const std::vector<OptimizedTensor>& tensors() const { return tensors_; }
   int64_t steps_taken() const { return steps_; }
@@ -50,14 +63,17 @@ class Optimizer {
   // The state tensors of tensor i (handles to the live storage), in state_suffixes() order.
   std::vector<at::Tensor> state_of(size_t i) const;
 
-  // The fused AdamW path (see the top of this file). Tensors are grouped by whether weight decay
-  // applies, since the kernel takes one weight decay per call: group_[0] decays, group_[1] not.
-  bool step_fused(const std::vector<at::Tensor>& grads, double lr);
+  // torch's fused multi-tensor AdamW path (see the top of this file); false when these grads do
+  // not fit it. Tensors are grouped by whether weight decay applies, since the kernel takes one
+  // weight decay per call: group_[0] decays, group_[1] not.
+  bool step_fused(const std::vector<at::Tensor>& grads, double lr, double grad_scale);
+  // Tensor i alone: temper's fused kernel on CUDA, else the per-tensor ATen ops.
+  void step_one(size_t i, const at::Tensor& grad, double lr, double grad_scale);
   struct FusedGroup {
     std::vector<size_t> index;  // positions in tensors_
     std::vector<at::Tensor> masters, exp_avg, exp_avg_sq;
   };
-  bool fused_ = false;
+  bool fused_ = false;  // every tensor fits torch's fused path (grads permitting)
   FusedGroup group_[2];
   at::Tensor step_count_;  // [] fp32 on the tensors' device: steps_, which the kernel reads
 };

@@ -145,6 +145,77 @@ TEST_CASE("SGD with momentum follows torch.optim.SGD", "[unit]") {
   CHECK(opt.tensors()[0].master.item<double>() == Approx(0.8266).epsilon(1e-5));
 }
 
+TEST_CASE("a step's grad_scale acts as the gradients scaled beforehand", "[unit]") {
+  for (OptimizerKind kind : {OptimizerKind::kAdamW, OptimizerKind::kSgd}) {
+    INFO((kind == OptimizerKind::kAdamW ? "AdamW" : "SGD"));
+    OptimizerOptions o;
+    o.kind = kind;
+    o.eps = 0.1;  // large next to the gradients, so that AdamW's update depends on their scale
+    o.momentum = 0.9;
+    o.weight_decay = 0.1;
+    const at::Tensor start = at::tensor({1.0f, -2.0f, 0.5f, 3.0f});
+    const at::Tensor g = at::tensor({0.3f, -0.1f, 2.0f, -0.7f});
+    Optimizer scaled(o, {{"w", start.clone(), true}});
+    Optimizer prescaled(o, {{"w", start.clone(), true}});
+    Optimizer unscaled(o, {{"w", start.clone(), true}});
+    for (int t = 0; t < 3; ++t) {
+      scaled.step({g.clone()}, 0.1, 0.37);
+      prescaled.step({g * 0.37}, 0.1);
+      unscaled.step({g.clone()}, 0.1);
+    }
+    // The same fp32 product either way, so bit-equal.
+    CHECK(at::equal(scaled.tensors()[0].master, prescaled.tensors()[0].master));
+    CHECK(at::equal(scaled.state()[0].second, prescaled.state()[0].second));
+    // Not vacuous: ignoring the scale lands elsewhere.
+    CHECK_FALSE(at::allclose(scaled.tensors()[0].master, unscaled.tensors()[0].master, 1e-4, 0.0));
+  }
+}
+
+TEST_CASE("a bf16 parameter holds its fp32 master rounded after each step", "[unit]") {
+  for (OptimizerKind kind : {OptimizerKind::kAdamW, OptimizerKind::kSgd}) {
+    INFO((kind == OptimizerKind::kAdamW ? "AdamW" : "SGD"));
+    OptimizerOptions o;
+    o.kind = kind;
+    o.weight_decay = 0.1;
+    at::manual_seed(3);
+    const at::Tensor start = at::randn({5, 7}).to(at::kBFloat16);
+    const at::Tensor param = start.clone();
+    const at::Tensor master = start.to(at::kFloat);
+    // The same optimizer on an fp32 tensor alone, fed the bf16 gradients' values, is the reference.
+    Optimizer mixed(o, {{"w", master, true, param}});
+    Optimizer plain(o, {{"w", master.clone(), true}});
+    for (int t = 0; t < 3; ++t) {
+      const at::Tensor g = at::randn({5, 7}).to(at::kBFloat16);
+      mixed.step({g}, 1e-2, 0.5);
+      plain.step({g.to(at::kFloat)}, 1e-2, 0.5);
+      INFO("step " << t);
+      CHECK(at::equal(param.to(at::kFloat), master.to(at::kBFloat16).to(at::kFloat)));
+    }
+    CHECK(mixed.tensors()[0].param.is_same(param));
+    CHECK(at::equal(master, plain.tensors()[0].master));
+    // The master keeps what bf16 cannot hold, and the parameter did move.
+    CHECK_FALSE(at::equal(master, param.to(at::kFloat)));
+    CHECK_FALSE(at::equal(param.to(at::kFloat), start.to(at::kFloat)));
+    // A gradient in a third dtype breaks the contract.
+    CHECK_THROWS(mixed.step({at::zeros({5, 7}, at::kDouble)}, 1e-2));
+  }
+}
+
+TEST_CASE("write_params copies the masters into parameters of other dtypes only", "[unit]") {
+  const at::Tensor param = at::tensor({1.0f, 2.0f, 3.0f}).to(at::kBFloat16);
+  const at::Tensor master = param.to(at::kFloat);
+  const at::Tensor own = at::tensor({4.0f, 5.0f});
+  Optimizer opt(OptimizerOptions{}, {{"w", master, true, param}, {"b", own, false}});
+  CHECK(opt.tensors()[1].param.is_same(own));  // left undefined: the master is the parameter
+  // As load_state does: the masters change outside step().
+  master.copy_(at::tensor({1.00390625f + 0.001f, -7.0f, 0.1f}));
+  CHECK(at::equal(param.to(at::kFloat), at::tensor({1.0f, 2.0f, 3.0f})));
+  opt.write_params();
+  CHECK(at::equal(param.to(at::kFloat), master.to(at::kBFloat16).to(at::kFloat)));
+  CHECK(param.to(at::kFloat)[1].item<float>() == -7.0f);
+  CHECK(at::equal(own, at::tensor({4.0f, 5.0f})));
+}
+
 TEST_CASE("learning-rate schedules match transformers' warm-up schedules", "[unit]") {
   ScheduleOptions s{ScheduleKind::kCosine, 10};
   CHECK(schedule_factor(s, 0, 110) == 0.0);
