@@ -7,6 +7,7 @@
 
 #include "lora/lora_adapter_impl.hpp"
 #include "lora/peft_config.hpp"
+#include "model/projection_group.hpp"
 #include "util/status_macros.hpp"
 #include "util/strings.hpp"
 #include "util/torch_errors.hpp"
@@ -96,6 +97,12 @@ absl::StatusOr<std::unique_ptr<LoraAdapter::Impl>> install_adapter(Model::Impl& 
     model.for_each_parameter([](const ParamSpec&, at::Tensor& p) {
       if (p.defined()) p.requires_grad_(false);
     });
+    // A frozen base on the GPU: q/k/v and gate/up run as one grouped projection each
+    // (model/projection_group.hpp). On the CPU the member-by-member path stays (no gain there,
+    // and packing would copy weights that loading mapped without copying).
+    if (model.options.device.is_cuda()) {
+      for (DecoderLayer& layer : model.layers) pack_frozen_projections(layer);
+    }
     for (const auto& m : impl->modules) {
       auto delta = std::make_shared<const LoraDelta>(m, impl->runtime);
       impl->linear(*m).delta = delta;

@@ -56,6 +56,12 @@ at::Tensor LoraDelta::forward(const at::Tensor& x, const Linear& base) const {
   return result + (ratio - 1.0).to(dtype) * direct + ratio.to(dtype) * (lora * m.scale);
 }
 
+std::optional<LowRankTerm> LoraDelta::low_rank_term() const {
+  const LoraModule& m = *module_;
+  if (m.magnitude.defined() || (runtime_->training && runtime_->dropout > 0.0)) return std::nullopt;
+  return LowRankTerm{m.a, m.b, m.scale};
+}
+
 at::Tensor lora_delta_weight(const LoraModule& module) {
   at::NoGradGuard no_grad;
   return at::mm(module.b.detach().to(at::kFloat), module.a.detach().to(at::kFloat)) * module.scale;

@@ -46,6 +46,8 @@ class LoraDelta final : public LinearDelta {
       : module_(std::move(module)), runtime_(std::move(runtime)) {}
   // x [..., in] in the model dtype -> [..., out] in the model dtype.
   at::Tensor forward(const at::Tensor& x, const Linear& base) const override;
+  // LoRA (not DoRA) while its dropout is inactive.
+  std::optional<LowRankTerm> low_rank_term() const override;
 
  private:
   std::shared_ptr<const LoraModule> module_;

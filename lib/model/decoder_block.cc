@@ -1,6 +1,7 @@
 #include "model/decoder_block.hpp"
 
 #include "model/attention.hpp"
+#include "model/projection_group.hpp"
 #include "model/rope.hpp"
 #include "ops/rms_norm.hpp"
 #include "ops/swiglu.hpp"
@@ -15,10 +16,25 @@ at::Tensor decoder_layer_forward(const DecoderLayer& layer, const ModelConfig& c
   const int64_t d = config.head_dim;
 
   const at::Tensor x = rms_norm(h, layer.attn_norm, config.rms_norm_eps);
+  const int64_t hq = config.num_attention_heads;
+  const int64_t hkv = config.num_key_value_heads;
+  at::Tensor q, k, v;  // [B, T, H*D]
+  if (std::optional<at::Tensor> qkv = grouped_forward({&layer.q, &layer.k, &layer.v}, layer.packed_qkv, x)) {
+    // One autograd node splits the [B, T, (Hq + 2 Hkv) D] output, so the backward joins the three
+    // gradients with one copy. v is made contiguous: attention then sees the layout it sees unpacked.
+    std::vector<at::Tensor> parts = at::split_with_sizes(*qkv, {hq * d, hkv * d, hkv * d}, -1);
+    q = parts[0];
+    k = parts[1];
+    v = parts[2].contiguous();
+  } else {
+    q = layer.q.forward(x);
+    k = layer.k.forward(x);
+    v = layer.v.forward(x);
+  }
   // [B, T, H*D] -> [B, H, T, D]
-  at::Tensor q = layer.q.forward(x).view({batch, seq, config.num_attention_heads, d}).transpose(1, 2);
-  at::Tensor k = layer.k.forward(x).view({batch, seq, config.num_key_value_heads, d}).transpose(1, 2);
-  at::Tensor v = layer.v.forward(x).view({batch, seq, config.num_key_value_heads, d}).transpose(1, 2);
+  q = q.view({batch, seq, hq, d}).transpose(1, 2);
+  k = k.view({batch, seq, hkv, d}).transpose(1, 2);
+  v = v.view({batch, seq, hkv, d}).transpose(1, 2);
   q = apply_rope(q, cos, sin);
   k = apply_rope(k, cos, sin);
 
@@ -37,7 +53,8 @@ at::Tensor decoder_layer_forward(const DecoderLayer& layer, const ModelConfig& c
   const at::Tensor h1 = h + layer.o.forward(merged);
 
   const at::Tensor y = rms_norm(h1, layer.mlp_norm, config.rms_norm_eps);
-  const at::Tensor act = swiglu(layer.gate.forward(y), layer.up.forward(y));
+  std::optional<at::Tensor> gate_up = grouped_forward({&layer.gate, &layer.up}, layer.packed_gate_up, y);
+  const at::Tensor act = gate_up ? swiglu_packed(*gate_up) : swiglu(layer.gate.forward(y), layer.up.forward(y));
   return h1 + layer.down.forward(act);
 }
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,11 +22,21 @@ struct Linear;
 // Something installed on a linear layer that changes its output (a LoRA or DoRA adapter). The
 // base weight stays the layer's own and is never copied; the delta computes the whole output so
 // that variants which rescale it (DoRA) need no second hook.
+// A delta that is exactly s * B A added to the base output, y = W x + b + s * B (A x).
+struct LowRankTerm {
+  at::Tensor a;  // [r, in]
+  at::Tensor b;  // [out, r]
+  double scale = 0.0;
+};
+
 class LinearDelta {
  public:
   virtual ~LinearDelta() = default;
   // x [..., in] -> [..., out], given the layer it sits on.
   virtual at::Tensor forward(const at::Tensor& x, const Linear& base) const = 0;
+  // The delta as a low-rank term when forward() is nothing more than that right now (LoRA
+  // without active dropout), so that a grouped projection may compute it instead; else nullopt.
+  virtual std::optional<LowRankTerm> low_rank_term() const { return std::nullopt; }
 };
 
 struct Linear {
@@ -50,6 +61,10 @@ struct DecoderLayer {
   at::Tensor mlp_norm_bias;   // [hidden], LayerNorm families (bloom) only
   Linear q, k, v, o, gate, up, down;
   Linear qkv;  // bloom's fused query_key_value [n_head * 3 * head_dim, hidden], rows per head (q, k, v)
+  // Packed frozen weights (model/projection_group.hpp): [q+k+v rows, hidden] and [2 * intermediate,
+  // hidden] whose row blocks q/k/v (gate/up) .weight are views of; undefined when not packed.
+  at::Tensor packed_qkv;
+  at::Tensor packed_gate_up;
   Linear& linear(LinearSlot slot);
   const Linear& linear(LinearSlot slot) const;
 };

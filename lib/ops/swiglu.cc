@@ -54,7 +54,72 @@ class SwigluFunction : public torch::autograd::Function<SwigluFunction> {
   }
 };
 
+// The packed form: saves gate_up only, returns the gradient of both halves as one tensor.
+class SwigluPackedFunction : public torch::autograd::Function<SwigluPackedFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& gate_up) {
+    ctx->save_for_backward({gate_up});
+    return swiglu_packed_cuda_forward(gate_up);
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list grads) {
+    return {swiglu_packed_cuda_backward(grads[0], ctx->get_saved_variables()[0])};
+  }
+};
+
+// [..., 2I] -> its size I, checked: CUDA, a kernel dtype, an even last dim.
+int64_t packed_half(const at::Tensor& gate_up, const char* what) {
+  TORCH_CHECK(gate_up.is_cuda() && fused_dtype(gate_up.scalar_type()), what,
+              ": gate_up must be a float, bfloat16 or half CUDA tensor; got ", gate_up.scalar_type(), " on ",
+              gate_up.device());
+  TORCH_CHECK(gate_up.dim() >= 1 && gate_up.size(-1) % 2 == 0, what, ": gate_up ", gate_up.sizes(),
+              " must have an even last dimension (gate, then up)");
+  return gate_up.size(-1) / 2;
+}
+
 }  // namespace
+
+at::Tensor swiglu_packed_cuda_forward(const at::Tensor& gate_up) {
+  const int64_t half = packed_half(gate_up, "swiglu_packed_cuda_forward");
+  const c10::cuda::CUDAGuard guard(gate_up.device());
+  const at::Tensor gu = gate_up.contiguous();
+  auto sizes = gu.sizes().vec();
+  sizes.back() = half;
+  at::Tensor act = at::empty(sizes, gu.options());
+  const int64_t rows = half == 0 ? 0 : gu.numel() / (2 * half);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch_float_type(gu.scalar_type(), "swiglu_packed", [&](auto tag) {
+    using T = decltype(tag);
+    const T* g = reinterpret_cast<const T*>(gu.data_ptr());
+    check_cuda(launch_swiglu_forward_2d(reinterpret_cast<T*>(act.data_ptr()), g, g + half, rows, half, half,
+                                        2 * half, stream),
+               "swiglu packed forward kernel");
+  });
+  return act;
+}
+
+at::Tensor swiglu_packed_cuda_backward(const at::Tensor& dact, const at::Tensor& gate_up) {
+  const int64_t half = packed_half(gate_up, "swiglu_packed_cuda_backward");
+  auto act_sizes = gate_up.sizes().vec();
+  act_sizes.back() = half;
+  TORCH_CHECK(dact.sizes() == at::IntArrayRef(act_sizes), "swiglu_packed_cuda_backward: dact ", dact.sizes(),
+              " must be gate_up ", gate_up.sizes(), " with the last dimension halved");
+  const c10::cuda::CUDAGuard guard(gate_up.device());
+  const at::Tensor gu = gate_up.contiguous();
+  const at::Tensor dc = dact.to(gu.scalar_type()).contiguous();
+  at::Tensor dgu = at::empty_like(gu, at::MemoryFormat::Contiguous);
+  const int64_t rows = half == 0 ? 0 : gu.numel() / (2 * half);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dispatch_float_type(gu.scalar_type(), "swiglu_packed", [&](auto tag) {
+    using T = decltype(tag);
+    const T* g = reinterpret_cast<const T*>(gu.data_ptr());
+    T* dg = reinterpret_cast<T*>(dgu.data_ptr());
+    check_cuda(launch_swiglu_backward_2d(dg, dg + half, reinterpret_cast<const T*>(dc.data_ptr()), g, g + half, rows,
+                                         half, half, 2 * half, stream),
+               "swiglu packed backward kernel");
+  });
+  return dgu;
+}
 
 at::Tensor swiglu_cuda_forward(const at::Tensor& gate, const at::Tensor& up) {
   check_operands(gate, up, "swiglu_cuda_forward");
@@ -108,6 +173,16 @@ at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up) {
   }
 #endif
   return swiglu_reference(gate, up);
+}
+
+at::Tensor swiglu_packed(const at::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.dim() >= 1 && gate_up.size(-1) % 2 == 0, "swiglu_packed: gate_up ", gate_up.sizes(),
+              " must have an even last dimension (gate, then up)");
+#ifdef TEMPER_WITH_CUDA
+  if (gate_up.is_cuda() && fused_dtype(gate_up.scalar_type())) return SwigluPackedFunction::apply(gate_up);
+#endif
+  const int64_t half = gate_up.size(-1) / 2;
+  return swiglu_reference(gate_up.narrow(-1, 0, half), gate_up.narrow(-1, half, half));
 }
 
 }  // namespace temper

@@ -13,6 +13,12 @@ namespace temper {
 // gate [..., I], up [..., I] float dtype -> [..., I]. Differentiable in gate and up.
 at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up);
 
+// SwiGLU over the output of one fused gate/up GEMM: gate_up [..., 2I] float dtype holds gate in
+// the first I columns and up in the last I -> [..., I]. Differentiable in gate_up. On CUDA the
+// kernels read both halves in place and the backward writes the gradient of both into one
+// [..., 2I] tensor (what the fused GEMM's backward takes), so neither direction copies a half.
+at::Tensor swiglu_packed(const at::Tensor& gate_up);
+
 // The ATen reference, at::silu(gate) * up: used on non-CUDA tensors and by the kernel's tests.
 at::Tensor swiglu_reference(const at::Tensor& gate, const at::Tensor& up);
 
@@ -28,6 +34,10 @@ std::pair<at::Tensor, at::Tensor> swiglu_backward_reference(const at::Tensor& da
 at::Tensor swiglu_cuda_forward(const at::Tensor& gate, const at::Tensor& up);
 std::pair<at::Tensor, at::Tensor> swiglu_cuda_backward(const at::Tensor& dact, const at::Tensor& gate,
                                                        const at::Tensor& up);
+// The packed form's kernels: gate_up [..., 2I] -> act [..., I]; backward dact [..., I] ->
+// dgate_up [..., 2I]. A non-contiguous gate_up is made contiguous first.
+at::Tensor swiglu_packed_cuda_forward(const at::Tensor& gate_up);
+at::Tensor swiglu_packed_cuda_backward(const at::Tensor& dact, const at::Tensor& gate_up);
 #endif
 
 }  // namespace temper

@@ -1,0 +1,146 @@
+#include "ops/grouped_projection.hpp"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace temper {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+// The frozen part, kept out of autograd's inputs: the packed weight and bias, and where each
+// adapted member sits (its rows of W, its columns of the stacked rank dimension).
+struct GroupHolder : torch::CustomClassHolder {
+  at::Tensor weight;  // [S, in]
+  at::Tensor bias;    // [S] or undefined
+  struct Adapted {
+    int64_t row = 0, out = 0;   // rows [row, row + out) of W
+    int64_t col = 0, rank = 0;  // columns [col, col + rank) of the stacked rank dimension
+    double scale = 0.0;
+    at::ScalarType a_dtype = at::kFloat, b_dtype = at::kFloat;
+  };
+  std::vector<Adapted> adapted;
+  int64_t total_rank = 0;
+};
+
+at::Tensor rows(const at::Tensor& t) { return t.reshape({-1, t.size(-1)}); }  // [..., n] -> [N, n]
+
+at::Tensor scalar(double v) { return at::scalar_tensor(v, at::TensorOptions().dtype(at::kDouble)); }
+
+// The stacked A [R, in] in `dtype`: one cat and, for fp32 masters, one cast.
+at::Tensor stacked_a(at::TensorList as, at::ScalarType dtype) {
+  bool one_dtype = true;
+  for (const at::Tensor& a : as) one_dtype = one_dtype && a.scalar_type() == as[0].scalar_type();
+  if (one_dtype) return at::cat(as, 0).to(dtype);
+  std::vector<at::Tensor> cast;
+  for (const at::Tensor& a : as) cast.push_back(a.to(dtype));
+  return at::cat(cast, 0);
+}
+
+class GroupedProjectionFunction : public torch::autograd::Function<GroupedProjectionFunction> {
+ public:
+  // as[i], bs[i]: the i-th adapted member's A [r, in] and B [out, r].
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList as, at::TensorList bs,
+                            c10::intrusive_ptr<GroupHolder> group) {
+    const at::ScalarType dtype = x.scalar_type();
+    const at::Tensor x2 = rows(x);
+    const at::Tensor& w = group->weight;
+    at::Tensor y2 = group->bias.defined() ? at::addmm(group->bias, x2, w.t()) : at::mm(x2, w.t());  // [N, S]
+    at::Tensor a, b_diag, h;
+    if (!group->adapted.empty()) {
+      a = stacked_a(as, dtype);  // [R, in]
+      // Block diagonal [S, R]: member i's s_i B_i at its rows and rank columns, zeros elsewhere.
+      b_diag = at::zeros({w.size(0), group->total_rank}, x.options());
+      for (size_t i = 0; i < group->adapted.size(); ++i) {
+        const GroupHolder::Adapted& m = group->adapted[i];
+        at::Tensor block = b_diag.narrow(0, m.row, m.out).narrow(1, m.col, m.rank);
+        at::mul_out(block, bs[i], scalar(m.scale));
+      }
+      h = at::mm(x2, a.t());         // [N, R]
+      y2.addmm_(h, b_diag.t());      // every adapter into the output, inside one GEMM
+    }
+    ctx->save_for_backward({x, h, a, b_diag});
+    ctx->saved_data["group"] = c10::IValue::make_capsule(group);
+    ctx->saved_data["weight_version"] = static_cast<int64_t>(w._version());
+    auto sizes = x.sizes().vec();
+    sizes.back() = y2.size(1);
+    return y2.view(sizes);
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& h = saved[1];
+    const at::Tensor& a = saved[2];
+    const at::Tensor& b_diag = saved[3];
+    auto group = c10::static_intrusive_pointer_cast<GroupHolder>(ctx->saved_data["group"].toCapsule());
+    TORCH_CHECK(static_cast<int64_t>(group->weight._version()) == ctx->saved_data["weight_version"].toInt(),
+                "grouped_projection: the packed weight was modified in place between the forward and the backward");
+    const at::Tensor g2 = rows(grads[0]);  // [N, S]
+    const at::Tensor x2 = rows(x);
+    const bool need_x = ctx->needs_input_grad(0);
+    at::Tensor dx;
+    if (need_x) dx = at::mm(g2, group->weight.to(g2.scalar_type()));  // [N, in]
+    const size_t n = group->adapted.size();
+    tensor_list out(1 + 2 * n + 1);
+    if (n > 0) {
+      const at::Tensor gh = at::mm(g2, b_diag);  // [N, R]: s_i g_i B_i for every member side by side
+      if (need_x) dx.addmm_(gh, a);
+      const at::Tensor da = at::mm(gh.t(), x2);  // [R, in]
+      const at::Tensor gb = at::mm(g2.t(), h);   // [S, R]; member i's dB is its diagonal block
+      for (size_t i = 0; i < n; ++i) {
+        const GroupHolder::Adapted& m = group->adapted[i];
+        out[1 + i] = da.narrow(0, m.col, m.rank).to(m.a_dtype);
+        at::Tensor db = at::empty({m.out, m.rank}, g2.options().dtype(m.b_dtype));
+        at::mul_out(db, gb.narrow(0, m.row, m.out).narrow(1, m.col, m.rank), scalar(m.scale));
+        out[1 + n + i] = db;
+      }
+    }
+    if (need_x) out[0] = dx.view(x.sizes());
+    return out;
+  }
+};
+
+}  // namespace
+
+at::Tensor grouped_projection(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                              const std::vector<ProjectionMember>& members) {
+  TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == weight.size(1), "grouped_projection: x ", x.sizes(),
+              " does not match the packed weight ", weight.sizes());
+  TORCH_CHECK(!weight.requires_grad() && (!bias.defined() || !bias.requires_grad()),
+              "grouped_projection: the packed weight and bias must be frozen");
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() && (!bias.defined() || bias.scalar_type() == x.scalar_type()),
+              "grouped_projection: x is ", x.scalar_type(), " but the packed weight is ", weight.scalar_type());
+  auto group = c10::make_intrusive<GroupHolder>();
+  group->weight = weight;
+  group->bias = bias;
+  std::vector<at::Tensor> as, bs;
+  int64_t row = 0;
+  for (const ProjectionMember& m : members) {
+    if (m.a.defined()) {
+      TORCH_CHECK(m.b.defined() && m.a.dim() == 2 && m.b.dim() == 2 && m.a.size(1) == weight.size(1) &&
+                      m.b.size(0) == m.out && m.b.size(1) == m.a.size(0),
+                  "grouped_projection: a member's low-rank term A ", m.a.sizes(), ", B ", m.b.sizes(),
+                  " does not fit its ", m.out, " x ", weight.size(1), " block");
+      GroupHolder::Adapted entry;
+      entry.row = row;
+      entry.out = m.out;
+      entry.col = group->total_rank;
+      entry.rank = m.a.size(0);
+      entry.scale = m.scale;
+      entry.a_dtype = m.a.scalar_type();
+      entry.b_dtype = m.b.scalar_type();
+      group->adapted.push_back(entry);
+      group->total_rank += entry.rank;
+      as.push_back(m.a);
+      bs.push_back(m.b);
+    }
+    row += m.out;
+  }
+  TORCH_CHECK(row == weight.size(0), "grouped_projection: the members' outputs sum to ", row,
+              " but the packed weight has ", weight.size(0), " rows");
+  // As TensorLists (not vectors), so that autograd counts each A and B as an input.
+  return GroupedProjectionFunction::apply(x, at::TensorList(as), at::TensorList(bs), group);
+}
+
+}  // namespace temper
