@@ -129,15 +129,6 @@ struct Trainer::Impl {
     out << record.dump() << "\n";
   }
 
-  void copy_masters_to_params() {
-    at::NoGradGuard no_grad;
-    for (size_t j = 0; j < owned.size(); ++j) {
-      const at::Tensor& master = optimizer->tensors()[j].master;
-      at::Tensor& param = trainable[owned[j]].second;
-      if (!param.is_same(master)) param.copy_(master);
-    }
-  }
-
   // After the owners updated their tensors: every rank gets every tensor's new value.
   Status share_updated_params() {
     if (comm == nullptr || !options.shard_optimizer_state) return absl::OkStatus();
@@ -283,7 +274,8 @@ StatusOr<Trainer> Trainer::create(Model& model, BatchSource& data, const Trainer
       p.requires_grad_(true);
       if (impl->owner[i] != impl->rank) continue;
       at::Tensor master = p.scalar_type() == at::kFloat ? p : p.detach().to(at::kFloat).clone();
-      optimized.push_back({name, master, takes_weight_decay(name, p)});
+      // The optimizer writes `p` (rounded to its dtype) from the master after every update.
+      optimized.push_back({name, master, takes_weight_decay(name, p), p});
       impl->owned.push_back(i);
     }
     impl->optimizer = std::make_unique<Optimizer>(options.optimizer, std::move(optimized));
@@ -380,7 +372,7 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
     for (size_t i = 0; i < trainable.size(); ++i) {
       const at::Tensor& p = trainable[i].second;
       grads.push_back(!reduced.empty()       ? reduced[i]
-                      : p.grad().defined() ? p.grad().to(at::kFloat)
+                      : p.grad().defined() ? p.grad()  // in p's dtype: the optimizer reads it as is
                                            : at::zeros(p.sizes(), p.options().dtype(at::kFloat)));
     }
     // Global norm as torch.nn.utils.clip_grad_norm_ computes it: the norm of the per-tensor norms
@@ -403,12 +395,9 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
     }
     std::vector<at::Tensor> owned_grads;
     for (size_t i : owned) owned_grads.push_back(grads[i]);
-    if (options.max_grad_norm > 0) {
-      const double coef = std::min(1.0, options.max_grad_norm / (grad_norm + 1e-6));
-      if (coef < 1.0 && !owned_grads.empty()) at::_foreach_mul_(owned_grads, coef);
-    }
-    optimizer->step(owned_grads, metrics.lr);
-    copy_masters_to_params();
+    // Clipping as a scale the update applies while it reads each gradient (no pass of its own).
+    const double coef = options.max_grad_norm > 0 ? std::min(1.0, options.max_grad_norm / (grad_norm + 1e-6)) : 1.0;
+    optimizer->step(owned_grads, metrics.lr, coef);
     return share_updated_params();
   }));
   for (auto& [name, p] : trainable) p.mutable_grad() = at::Tensor();
@@ -674,7 +663,7 @@ Status Trainer::Impl::resume_from(const std::filesystem::path& dir) {
       }
     }
     TEMPER_RETURN_IF_ERROR(s.optimizer->load_state(optimizer, step));
-    s.copy_masters_to_params();
+    s.optimizer->write_params();
     TEMPER_ASSIGN_OR_RETURN(at::Tensor rng_state, rng.tensor("cpu"));
     at::Generator generator = at::detail::getDefaultCPUGenerator();
     generator.set_state(rng_state.clone());
