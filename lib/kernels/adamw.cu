@@ -49,14 +49,19 @@ struct AdamwConstants {
 };
 
 // One element; the scalar and grouped kernels share it.
+// Every operation is an explicitly rounded intrinsic: left as plain expressions, nvcc contracts
+// multiply-adds into FMAs differently in the scalar and the 4-wide kernel (a [cuda] test caught the
+// two paths disagreeing in the last bit), and the reference rounds each operation anyway.
 __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, float grad, const AdamwConstants& c) {
-  const float g = grad * c.grad_scale;
-  p = p * c.decay;
+  const float g = __fmul_rn(grad, c.grad_scale);
+  p = __fmul_rn(p, c.decay);
   // torch's lerp: from the nearer end, so that weight 0 and 1 give exactly m and g.
-  m = c.lerp_weight < 0.5f ? m + c.lerp_weight * (g - m) : g - (g - m) * (1.0f - c.lerp_weight);
-  v = v * c.beta2 + c.one_minus_beta2 * g * g;
-  const float denom = sqrtf(v) / c.bias_correction2_sqrt + c.eps;
-  p = p - c.step_size * (m / denom);
+  const float diff = __fsub_rn(g, m);
+  m = c.lerp_weight < 0.5f ? __fadd_rn(m, __fmul_rn(c.lerp_weight, diff))
+                           : __fsub_rn(g, __fmul_rn(diff, __fsub_rn(1.0f, c.lerp_weight)));
+  v = __fadd_rn(__fmul_rn(v, c.beta2), __fmul_rn(__fmul_rn(c.one_minus_beta2, g), g));
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), c.bias_correction2_sqrt), c.eps);
+  p = __fsub_rn(p, __fmul_rn(c.step_size, __fdiv_rn(m, denom)));
 }
 
 // kGroup elements of T in one aligned load/store (16 bytes for fp32, 8 for bf16/fp16).
