@@ -23,7 +23,15 @@ namespace temper {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxPartialBlocks = 256;
+// Blocks of the backward with dw: each loops over rows / blocks rows. 256 blocks (32 rows each at
+// 8k tokens) kept about two blocks per SM and ran at a sixth of the memory bandwidth (167 us per
+// call on the 1B model's [8192, 2048], docs/performance.md); 1024 fill the SMs, and the partial
+// sums they leave ([1024, hidden] fp32) are reduced by many threads per column (below).
+constexpr int64_t kMaxPartialBlocks = 1024;
+// sum_partials_kernel's block: 32 columns (one coalesced warp per partial row) x 32 lanes over the
+// partial rows.
+constexpr int kSumCols = 32;
+constexpr int kSumLanes = 32;
 
 // Sum over the block; every thread gets the result. `scratch` holds one float per warp.
 __device__ float block_sum(float value, float* scratch) {
@@ -97,7 +105,7 @@ __global__ void rms_norm_backward_kernel(T* __restrict__ dx, float* __restrict__
 }
 
 // dx only (a frozen weight, as under LoRA): one block per row, like the forward, so every row
-// runs in parallel instead of the 256 row-looping blocks that the dw accumulation needs.
+// runs in parallel instead of the row-looping blocks that the dw accumulation needs.
 template <typename T>
 __global__ void rms_norm_backward_dx_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
                                             const T* __restrict__ weight, const float* __restrict__ rstd,
@@ -108,14 +116,23 @@ __global__ void rms_norm_backward_dx_kernel(T* __restrict__ dx, const T* __restr
                static_cast<float*>(nullptr));
 }
 
+// dweight[j] = the sum of partial[:, j]. Lane y sums partial rows y, y + 32, ... in order; lane 0
+// then adds the 32 lane sums in order: a fixed order, so the result is deterministic.
 template <typename T>
 __global__ void sum_partials_kernel(T* __restrict__ dweight, const float* __restrict__ partial, int64_t blocks,
                                     int64_t hidden) {
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= hidden) return;
+  __shared__ float lane_sums[kSumLanes][kSumCols + 1];  // +1: no bank conflicts down a column
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kSumCols + threadIdx.x;
   float total = 0.0f;
-  for (int64_t b = 0; b < blocks; ++b) total += partial[b * hidden + j];
-  dweight[j] = from_float<T>(total);
+  if (j < hidden) {
+    for (int64_t b = threadIdx.y; b < blocks; b += kSumLanes) total += partial[b * hidden + j];
+  }
+  lane_sums[threadIdx.y][threadIdx.x] = total;
+  __syncthreads();
+  if (threadIdx.y != 0 || j >= hidden) return;
+  float sum = 0.0f;
+  for (int lane = 0; lane < kSumLanes; ++lane) sum += lane_sums[lane][threadIdx.x];
+  dweight[j] = from_float<T>(sum);
 }
 
 }  // namespace
@@ -148,8 +165,9 @@ cudaError_t launch_rms_norm_backward(T* dx, T* dweight, float* partial, const T*
       dx, partial, dy, x, weight, rstd, rows, hidden);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  const unsigned sum_blocks = static_cast<unsigned>((hidden + kThreads - 1) / kThreads);
-  sum_partials_kernel<T><<<sum_blocks, kThreads, 0, stream>>>(dweight, partial, partial_blocks, hidden);
+  const unsigned sum_blocks = static_cast<unsigned>((hidden + kSumCols - 1) / kSumCols);
+  sum_partials_kernel<T><<<sum_blocks, dim3(kSumCols, kSumLanes), 0, stream>>>(dweight, partial, partial_blocks,
+                                                                                hidden);
   return cudaGetLastError();
 }
 

@@ -25,8 +25,10 @@ constexpr int64_t kIgnore = -100;
 constexpr int64_t kChunkLogitBytes = int64_t{256} << 20;
 // When the head's weight trains (full fine-tuning), every chunk adds its [V, H] weight gradient
 // into an fp32 buffer: at vocab 128k that is a 1 GiB read-modify-write per chunk (15 ms of a
-// 200 ms step with 16 chunks on an H200, docs/performance.md), so fewer, larger chunks win there.
-constexpr int64_t kChunkLogitBytesTrainedHead = int64_t{1} << 30;
+// 200 ms step with 16 chunks on an H200, docs/performance.md), so fewer, larger chunks win there;
+// when one chunk holds every row (the 1B benchmark's 8k tokens: 2 GiB of bf16 logits) the weight
+// gradient is one GEMM in the weight's dtype, with no fp32 buffer at all (3.9 ms of a 136 ms step).
+constexpr int64_t kChunkLogitBytesTrainedHead = int64_t{8} << 30;
 
 class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
  public:
@@ -38,7 +40,9 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
     const bool grad_w = want_grad && weight.requires_grad();
     at::Tensor loss = at::zeros({}, h.options().dtype(at::kFloat));
     at::Tensor dh = grad_h ? at::empty(h.sizes(), h.options()) : at::Tensor();  // contiguous, for mm_out by rows
-    at::Tensor dw = grad_w ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat)) : at::Tensor();
+    // Several chunks sum their weight gradients in fp32; a single chunk's is its GEMM's output.
+    const bool one_chunk = chunk_rows >= n;
+    at::Tensor dw = grad_w && !one_chunk ? at::zeros(weight.sizes(), weight.options().dtype(at::kFloat)) : at::Tensor();
     const at::Tensor w_t = weight.t();
     for (int64_t start = 0; start < n; start += chunk_rows) {
       const int64_t rows = std::min(chunk_rows, n - start);
@@ -53,7 +57,8 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
         at::Tensor dh_rows = dh.narrow(0, start, rows);  // contiguous: rows of a contiguous [N, H]
         at::mm_out(dh_rows, logits, weight);
       }
-      if (grad_w) dw.add_(at::matmul(logits.t(), hc));
+      if (grad_w && one_chunk) dw = at::matmul(logits.t(), hc);  // [V, H] in the weight's dtype
+      if (grad_w && !one_chunk) dw.add_(at::matmul(logits.t(), hc));
     }
     ctx->save_for_backward({dh, grad_w ? dw.to(weight.scalar_type()) : at::Tensor()});
     return loss;
@@ -120,7 +125,11 @@ at::Tensor linear_cross_entropy_sum(const at::Tensor& h, const at::Tensor& weigh
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == h.size(0), "linear_cross_entropy_sum: labels [N] expected");
   const bool want_grad = at::GradMode::is_enabled() && (h.requires_grad() || weight.requires_grad());
   if (chunk_rows <= 0) {
-    const int64_t budget = want_grad && weight.requires_grad() ? kChunkLogitBytesTrainedHead : kChunkLogitBytes;
+    // The large budget on CUDA only, where the fused kernel works in the logits' own dtype; the
+    // CPU reference would add an fp32 copy of the whole chunk.
+    const int64_t budget =
+        want_grad && weight.requires_grad() ? (h.is_cuda() ? kChunkLogitBytesTrainedHead : int64_t{1} << 30)
+                                            : kChunkLogitBytes;
     chunk_rows = std::max<int64_t>(1, budget / (4 * std::max<int64_t>(weight.size(0), 1)));
   }
   return LinearCrossEntropy::apply(h, weight, labels.to(at::kLong), chunk_rows, want_grad);

@@ -20,8 +20,9 @@ namespace temper {
 // Sum over rows of -log softmax(h @ weight^T)[label] in fp32, rows whose label is -100 skipped.
 // h [N, H] float dtype, weight [V, H] same dtype, labels [N] int64 in [0, V) or -100 -> [] fp32.
 // Differentiable in h and weight (which is not differentiated when it does not require grad,
-// e.g. a frozen lm_head under LoRA). chunk_rows 0 picks ~256 MiB of fp32 logits per chunk, ~1 GiB
-// when the weight trains (fewer fp32 weight-gradient accumulations).
+// e.g. a frozen lm_head under LoRA). chunk_rows 0 picks ~256 MiB of fp32 logits per chunk; when
+// the weight trains, ~1 GiB on the CPU and ~8 GiB (4 GiB of bf16 logits) on CUDA: fewer fp32
+// weight-gradient accumulations, none when one chunk holds every row.
 at::Tensor linear_cross_entropy_sum(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& labels,
                                     int64_t chunk_rows = 0);
 

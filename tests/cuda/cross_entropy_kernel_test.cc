@@ -65,13 +65,19 @@ TEST_CASE("linear_cross_entropy_sum on CUDA in bf16 matches the CPU fp32 computa
   const at::Tensor w = (at::randn({5000, 64}) * 0.5).to(at::kBFloat16);
   at::Tensor labels = at::randint(0, 5000, {300}, at::kLong);
   labels.narrow(0, 0, 10).fill_(-100);
-  const at::Tensor hc = h.to(at::kFloat).requires_grad_(true), wc = w.to(at::kFloat).requires_grad_(true);
-  const at::Tensor hg = h.cuda().requires_grad_(true), wg = w.cuda().requires_grad_(true);
-  const at::Tensor lc = linear_cross_entropy_sum(hc, wc, labels, 64);
-  const at::Tensor lg = linear_cross_entropy_sum(hg, wg, labels.cuda(), 64);
-  lc.backward();
-  lg.backward();
-  CHECK(std::abs(lg.item<double>() - lc.item<double>()) / lc.item<double>() < 1e-3);
-  CHECK((hg.grad().cpu().to(at::kFloat) - hc.grad()).norm().item<double>() / hc.grad().norm().item<double>() < 2e-2);
-  CHECK((wg.grad().cpu().to(at::kFloat) - wc.grad()).norm().item<double>() / wc.grad().norm().item<double>() < 2e-2);
+  // 64 rows per chunk: the weight gradient summed over chunks in fp32; 0 (the default budget):
+  // one chunk, the weight gradient straight from one GEMM.
+  for (const int64_t chunk : {64, 0}) {
+    INFO("chunk rows " << chunk);
+    const at::Tensor hc = h.to(at::kFloat).requires_grad_(true), wc = w.to(at::kFloat).requires_grad_(true);
+    const at::Tensor hg = h.cuda().requires_grad_(true), wg = w.cuda().requires_grad_(true);
+    const at::Tensor lc = linear_cross_entropy_sum(hc, wc, labels, 64);
+    const at::Tensor lg = linear_cross_entropy_sum(hg, wg, labels.cuda(), chunk);
+    lc.backward();
+    lg.backward();
+    CHECK(std::abs(lg.item<double>() - lc.item<double>()) / lc.item<double>() < 1e-3);
+    CHECK((hg.grad().cpu().to(at::kFloat) - hc.grad()).norm().item<double>() / hc.grad().norm().item<double>() < 2e-2);
+    CHECK(wg.grad().scalar_type() == at::kBFloat16);
+    CHECK((wg.grad().cpu().to(at::kFloat) - wc.grad()).norm().item<double>() / wc.grad().norm().item<double>() < 2e-2);
+  }
 }
