@@ -1,6 +1,8 @@
 // Helpers shared by temper's tests.
 #pragma once
 
+#include <algorithm>
+
 #include <cstdlib>
 #include <filesystem>
 #include <random>
@@ -46,6 +48,13 @@ class TempDir {
 
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kCPU, at::kDouble) - b.to(at::kCPU, at::kDouble)).abs().max().item<double>();
+}
+
+// ||got - want|| / ||want|| in fp64 on the CPU (any devices and float dtypes; a zero `want` counts
+// as 1e-30, so the ratio stays finite).
+inline double rel_err(const at::Tensor& got, const at::Tensor& want) {
+  const at::Tensor w = want.detach().to(at::kCPU, at::kDouble);
+  return (got.detach().to(at::kCPU, at::kDouble) - w).norm().item<double>() / std::max(w.norm().item<double>(), 1e-30);
 }
 
 inline bool has_cuda_device() { return at::hasCUDA(); }

@@ -14,15 +14,6 @@
 using namespace temper;
 using namespace temper::testing;
 
-namespace {
-
-double rel_err(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor w = want.to(at::kDouble).cpu();
-  return (got.to(at::kDouble).cpu() - w).norm().item<double>() / w.norm().item<double>();
-}
-
-}  // namespace
-
 TEST_CASE("grouped_projection on CUDA in bf16 matches its members in fp64", "[cuda]") {
   SKIP_WITHOUT_CUDA();
   at::manual_seed(31);

@@ -10,15 +10,6 @@
 using namespace temper;
 using namespace temper::testing;
 
-namespace {
-
-double rel_err(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor w = want.to(at::kDouble).cpu();
-  return (got.to(at::kDouble).cpu() - w).norm().item<double>() / w.norm().item<double>();
-}
-
-}  // namespace
-
 TEST_CASE("lora_projection on CUDA in bf16 matches the fp64 expression", "[cuda]") {
   SKIP_WITHOUT_CUDA();
   at::manual_seed(21);

@@ -19,11 +19,6 @@ using namespace temper::testing;
 
 namespace {
 
-double rel_err(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor w = want.to(at::kDouble);
-  return (got.to(at::kDouble) - w).norm().item<double>() / std::max(w.norm().item<double>(), 1e-30);
-}
-
 at::Tensor leaf(at::IntArrayRef sizes, at::ScalarType dtype, double std) {
   return (at::randn(sizes, at::TensorOptions().dtype(at::kDouble)) * std).to(dtype).requires_grad_(true);
 }

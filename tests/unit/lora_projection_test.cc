@@ -10,15 +10,12 @@
 #include "lora/lora_projection.hpp"
 #include "ops/nf4_linear.hpp"
 #include "temper/nf4_quantizer.hpp"
+#include "test_support.hpp"
 
 using namespace temper;
+using namespace temper::testing;
 
 namespace {
-
-double rel_err(const at::Tensor& got, const at::Tensor& want) {
-  const at::Tensor w = want.to(at::kDouble);
-  return (got.to(at::kDouble) - w).norm().item<double>() / std::max(w.norm().item<double>(), 1e-30);
-}
 
 struct Case {
   at::Tensor x, a, b;  // x [2, 5, in] compute dtype; a [r, in], b [out, r] master dtype, leaves
