@@ -3,9 +3,11 @@
 //
 // What: g = grad * grad_scale (fp32); master *= 1 - lr*wd; m = lerp(m, g, 1 - b1);
 // v = b2*v + (1 - b2)*g*g; master -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps); param = master
-// rounded to its dtype. This is torch.optim.AdamW's single-tensor rule operation for operation
-// (and Optimizer's per-tensor ATen path, adamw_update_reference in lib/ops/adamw_update.cc):
-// the same operations in the same order, each rounded to fp32, with lerp in torch's two-sided form.
+// rounded to its dtype. This is torch.optim.AdamW's formula, computed as Optimizer's per-tensor
+// ATen path (adamw_update_reference in lib/ops/adamw_update.cc) computes it on the CPU: the same
+// operations in the same order, each rounded to fp32, with lerp in torch's two-sided form. (torch's
+// own CUDA kernels differ in the last bits: they divide by a scalar through its reciprocal and
+// contract into FMAs.)
 // Why: full fine-tuning of a bf16 model otherwise converts every bf16 gradient to a fp32 copy,
 // scales it by the clip coefficient in a second pass, runs the AdamW update, and copies each
 // master back into its bf16 parameter in a fourth; on the 1B model that was copy_ 6.3 ms + mul

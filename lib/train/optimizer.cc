@@ -15,8 +15,11 @@ Optimizer::Optimizer(const OptimizerOptions& options, std::vector<OptimizedTenso
     : options_(options), tensors_(std::move(tensors)) {
   for (auto& t : tensors_) {
     if (!t.param.defined()) t.param = t.master;
-    TORCH_CHECK(t.param.sizes() == t.master.sizes(), "Optimizer: \"", t.name, "\" has param ", t.param.sizes(),
-                " but master ", t.master.sizes());
+    TORCH_CHECK(t.param.sizes() == t.master.sizes() && t.param.device() == t.master.device() &&
+                    at::isFloatingType(t.param.scalar_type()) && t.master.scalar_type() == at::kFloat,
+                "Optimizer: \"", t.name, "\" has param ", t.param.sizes(), " ", t.param.scalar_type(), " on ",
+                t.param.device(), " but master ", t.master.sizes(), " ", t.master.scalar_type(), " on ",
+                t.master.device(), " (same shape and device, an fp32 master expected)");
     exp_avg_.push_back(at::zeros_like(t.master));
     exp_avg_sq_.push_back(options_.kind == OptimizerKind::kAdamW ? at::zeros_like(t.master) : at::Tensor());
   }
@@ -38,8 +41,8 @@ Optimizer::Optimizer(const OptimizerOptions& options, std::vector<OptimizedTenso
 }
 
 bool Optimizer::step_fused(const std::vector<at::Tensor>& grads, double lr, double grad_scale) {
-  // The kernel needs each gradient laid out as its master; the Trainer's are (fp32 copies or
-  // reductions of the parameters' gradients), but a caller's other layout takes the per-tensor path.
+  // The kernel needs each gradient laid out as its master: the Trainer's are (fp32 parameters'
+  // own .grad, or the reducer's fp32 sums); a caller's other layout takes the per-tensor path.
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const at::Tensor& m = tensors_[i].master;
     const at::Tensor& g = grads[i];
@@ -49,8 +52,10 @@ bool Optimizer::step_fused(const std::vector<at::Tensor>& grads, double lr, doub
     }
   }
   if (grad_scale != 1.0) {
-    // Scaled in place (the kernel takes no scale), so a gradient passed for two tensors would be
-    // scaled twice; such a call takes the per-tensor path, which scales copies.
+    // Scaled in place, in one multi-tensor pass (compat::fused_adamw does not pass torch's
+    // grad_scale on; the Trainer drops its gradients after the step, so their values need not
+    // survive). A gradient passed for two tensors would be scaled twice: such a call takes the
+    // per-tensor path, which scales copies.
     std::vector<const void*> data;
     data.reserve(grads.size());
     for (const at::Tensor& g : grads) data.push_back(g.data_ptr());
@@ -108,11 +113,16 @@ void Optimizer::step_one(size_t i, const at::Tensor& grad, double lr, double gra
 void Optimizer::step(const std::vector<at::Tensor>& grads, double lr, double grad_scale) {
   TORCH_CHECK(grads.size() == tensors_.size(), "Optimizer::step: ", grads.size(), " gradients for ", tensors_.size(),
               " tensors");
+  // Every gradient is checked before any tensor is touched: a bad one found half-way would leave
+  // the masters, the moments and the step count out of step with each other.
   for (size_t i = 0; i < tensors_.size(); ++i) {
+    const OptimizedTensor& t = tensors_[i];
     const at::ScalarType type = grads[i].scalar_type();
-    TORCH_CHECK(type == at::kFloat || type == tensors_[i].param.scalar_type(), "Optimizer::step: the gradient of \"",
-                tensors_[i].name, "\" is ", type, "; expected float32 or the parameter's ",
-                tensors_[i].param.scalar_type());
+    TORCH_CHECK(type == at::kFloat || type == t.param.scalar_type(), "Optimizer::step: the gradient of \"", t.name,
+                "\" is ", type, "; expected float32 or the parameter's ", t.param.scalar_type());
+    TORCH_CHECK(grads[i].sizes() == t.master.sizes() && grads[i].device() == t.master.device(),
+                "Optimizer::step: the gradient of \"", t.name, "\" is ", grads[i].sizes(), " on ", grads[i].device(),
+                "; expected ", t.master.sizes(), " on ", t.master.device());
   }
   ++steps_;
   at::NoGradGuard no_grad;

@@ -1,7 +1,7 @@
 // AdamW and SGD with momentum over fp32 master tensors, written out so that their state is
-// ours to checkpoint and restore bit-exactly. The update rules follow torch.optim's
-// single-tensor implementations operation for operation (so a PyTorch run and a temper run
-// agree to rounding). Each master may stand beside a model parameter of another dtype
+// ours to checkpoint and restore bit-exactly. The update rules are torch.optim's (the per-tensor
+// ATen path follows its single-tensor implementations operation for operation; the fused kernels
+// compute the same formula and agree to fp32 rounding). Each master may stand beside a model parameter of another dtype
 // (bf16/fp16): a step leaves that parameter holding the master rounded to its dtype. AdamW on
 // CUDA takes one of two fast paths: when every gradient is fp32, every master is its own
 // parameter and this libtorch has torch's fused multi-tensor AdamW kernel (compat::fused_adamw,
@@ -40,8 +40,8 @@ class Optimizer {
   // The grads' contents afterwards are unspecified: torch's fused path scales them in place.
   void step(const std::vector<at::Tensor>& grads, double lr, double grad_scale = 1.0);
 
-  // Copies every master into its param (rounded to the param's dtype): after load_state or any
-  // other change to the masters made outside step().
+  // Copies every master into its param (rounded to the param's dtype), for masters written
+  // outside step() (the Trainer's resume writes them from a checkpoint through tensors()).
   void write_params();
 
   const std::vector<OptimizedTensor>& tensors() const { return tensors_; }

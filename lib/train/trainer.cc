@@ -342,48 +342,54 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
     const at::Tensor micro_loss = out->loss_sum.detach().to(at::kDouble);
     loss_total = loss_total.defined() ? loss_total + micro_loss : micro_loss;
   }
-  double loss_sum = 0.0;
   std::vector<at::Tensor> reduced;  // fp32 gradients summed over ranks (a world of more than one)
+  at::Tensor totals;  // a world of more than one: [1 + world] fp64, the loss and each rank's batch fingerprint
   if (reducer != nullptr) {
     TEMPER_ASSIGN_OR_RETURN(reduced, reducer->finish());
     // The loss, and a fingerprint of the global batch each rank drew: ranks given different data
     // would train on a mixture nobody asked for.
-    at::Tensor totals = at::zeros({1 + world}, at::TensorOptions().dtype(at::kDouble).device(comm->device()));
+    totals = at::zeros({1 + world}, at::TensorOptions().dtype(at::kDouble).device(comm->device()));
     if (loss_total.defined()) totals[0] = loss_total.to(totals.device());
     totals[1 + rank] = batch_fingerprint(micro);
     TEMPER_RETURN_IF_ERROR(comm->all_reduce_sum(totals));
-    const at::Tensor cpu = totals.cpu();
-    loss_sum = cpu[0].item<double>();
-    for (int r = 1; r < world; ++r) {
-      if (cpu[1 + r].item<double>() != cpu[1].item<double>()) {
-        for (auto& [name, p] : trainable) p.mutable_grad() = at::Tensor();
-        return absl::FailedPreconditionError(str_cat(
-            "Trainer: at step ", step + 1, " rank ", r, " drew another global batch than rank 0: every rank must be "
-            "given an identical data source (same files, options, seed and position); the Trainer splits each batch "
-            "between the ranks itself"));
-      }
-    }
   }
 
-  StepMetrics metrics;
-  TEMPER_RETURN_IF_ERROR(guarded("optimizer step", [&]() -> absl::Status {
+  // The gradients as the optimizer takes them and their global norm, as torch.nn.utils.
+  // clip_grad_norm_ computes it (the norm of the per-tensor norms, each in fp32, here in a few
+  // multi-tensor launches). The norm is read together with the loss (and the fingerprints): the
+  // step's one wait for the device.
+  std::vector<at::Tensor> grads;
+  at::Tensor host;  // [n] fp64 on the CPU: the loss sum, then the fingerprints (several ranks), then the norm
+  TEMPER_RETURN_IF_ERROR(guarded("gradient norm", [&]() -> absl::Status {
     at::NoGradGuard no_grad;
-    std::vector<at::Tensor> grads;
     for (size_t i = 0; i < trainable.size(); ++i) {
       const at::Tensor& p = trainable[i].second;
       grads.push_back(!reduced.empty()       ? reduced[i]
                       : p.grad().defined() ? p.grad()  // in p's dtype: the optimizer reads it as is
                                            : at::zeros(p.sizes(), p.options().dtype(at::kFloat)));
     }
-    // Global norm as torch.nn.utils.clip_grad_norm_ computes it: the norm of the per-tensor norms
-    // (each in fp32, in a few multi-tensor launches). Read together with the loss: the step's one
-    // wait for the device.
-    const at::Tensor norm64 = at::stack(compat::foreach_norm_fp32(grads)).norm().to(at::kDouble);
-    const at::Tensor loss_dev = reducer == nullptr && loss_total.defined() ? loss_total.to(norm64.device())
-                                                                           : at::zeros({}, norm64.options());
-    const at::Tensor host = at::stack({loss_dev, norm64}).cpu();
-    if (reducer == nullptr) loss_sum = host[0].item<double>();
-    const double grad_norm = host[1].item<double>();
+    const at::Tensor norm64 = at::stack(compat::foreach_norm_fp32(grads)).norm().to(at::kDouble).reshape({1});
+    const at::Tensor front = totals.defined()      ? totals
+                             : loss_total.defined() ? loss_total.reshape({1})
+                                                    : at::zeros({1}, norm64.options());
+    host = at::cat({front.to(norm64.device()), norm64}).cpu();
+    return absl::OkStatus();
+  }));
+  const double loss_sum = host[0].item<double>();
+  const double grad_norm = host[host.size(0) - 1].item<double>();
+  for (int r = 1; r < world && reducer != nullptr; ++r) {
+    if (host[1 + r].item<double>() != host[1].item<double>()) {
+      for (auto& [name, p] : trainable) p.mutable_grad() = at::Tensor();
+      return absl::FailedPreconditionError(str_cat(
+          "Trainer: at step ", step + 1, " rank ", r, " drew another global batch than rank 0: every rank must be "
+          "given an identical data source (same files, options, seed and position); the Trainer splits each batch "
+          "between the ranks itself"));
+    }
+  }
+
+  StepMetrics metrics;
+  TEMPER_RETURN_IF_ERROR(guarded("optimizer step", [&]() -> absl::Status {
+    at::NoGradGuard no_grad;
     const double loss = loss_sum / static_cast<double>(tokens);
     metrics.loss = loss;
     metrics.grad_norm = grad_norm;

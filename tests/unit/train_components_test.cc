@@ -207,13 +207,27 @@ TEST_CASE("write_params copies the masters into parameters of other dtypes only"
   const at::Tensor own = at::tensor({4.0f, 5.0f});
   Optimizer opt(OptimizerOptions{}, {{"w", master, true, param}, {"b", own, false}});
   CHECK(opt.tensors()[1].param.is_same(own));  // left undefined: the master is the parameter
-  // As load_state does: the masters change outside step().
+  // As the Trainer's resume does: the masters are written outside step().
   master.copy_(at::tensor({1.00390625f + 0.001f, -7.0f, 0.1f}));
   CHECK(at::equal(param.to(at::kFloat), at::tensor({1.0f, 2.0f, 3.0f})));
   opt.write_params();
   CHECK(at::equal(param.to(at::kFloat), master.to(at::kBFloat16).to(at::kFloat)));
   CHECK(param.to(at::kFloat)[1].item<float>() == -7.0f);
   CHECK(at::equal(own, at::tensor({4.0f, 5.0f})));
+}
+
+TEST_CASE("a step with one bad gradient changes nothing", "[unit]") {
+  const at::Tensor w = at::tensor({1.0f, 2.0f, 3.0f});
+  const at::Tensor b = at::tensor({4.0f, 5.0f});
+  Optimizer opt(OptimizerOptions{}, {{"w", w.clone(), true}, {"b", b.clone(), false}});
+  // The first gradient is fine; the second has the wrong shape, found only after the first.
+  CHECK_THROWS_WITH(opt.step({at::ones({3}), at::ones({3})}, 1e-1), Catch::Contains("\"b\" is [3]"));
+  CHECK(opt.steps_taken() == 0);
+  CHECK(at::equal(opt.tensors()[0].master, w));
+  CHECK(at::equal(opt.tensors()[1].master, b));
+  CHECK(at::equal(opt.state()[0].second, at::zeros({3})));  // w's first moment untouched
+  // A param whose shape or device differs from its master is refused when the optimizer is made.
+  CHECK_THROWS(Optimizer(OptimizerOptions{}, {{"w", w.clone(), true, at::zeros({2}, at::kBFloat16)}}));
 }
 
 TEST_CASE("learning-rate schedules match transformers' warm-up schedules", "[unit]") {
