@@ -38,8 +38,9 @@ void pack(const std::vector<Linear*>& members, at::Tensor& packed) {
 }  // namespace
 
 void pack_frozen_projections(DecoderLayer& layer) {
-  if (layer.q.weight.defined() || layer.q.is_quantized()) pack({&layer.q, &layer.k, &layer.v}, layer.packed_qkv);
-  if (layer.gate.weight.defined() || layer.gate.is_quantized()) pack({&layer.gate, &layer.up}, layer.packed_gate_up);
+  // BLOOM's layers have no separate q/k/v or gate/up (their weights are undefined): nothing to pack.
+  if (layer.q.weight.defined()) pack({&layer.q, &layer.k, &layer.v}, layer.packed_qkv);
+  if (layer.gate.weight.defined()) pack({&layer.gate, &layer.up}, layer.packed_gate_up);
 }
 
 std::optional<at::Tensor> grouped_forward(std::initializer_list<const Linear*> members, const at::Tensor& packed,
