@@ -25,8 +25,9 @@ namespace {
 constexpr int kThreads = 256;
 // Blocks of the backward with dw: each loops over rows / blocks rows. 256 blocks (32 rows each at
 // 8k tokens) kept about two blocks per SM and ran at a sixth of the memory bandwidth (167 us per
-// call on the 1B model's [8192, 2048], docs/performance.md); 1024 fill the SMs, and the partial
-// sums they leave ([1024, hidden] fp32) are reduced by many threads per column (below).
+// call on the 1B model's [8192, 2048], docs/performance.md); 1024 give every SM several blocks (a
+// change measured only together with another in run H), and the partial sums they leave
+// ([1024, hidden] fp32) are reduced by many threads per column (below).
 constexpr int64_t kMaxPartialBlocks = 1024;
 // sum_partials_kernel's block: 32 columns (one coalesced warp per partial row) x 32 lanes over the
 // partial rows.

@@ -1,6 +1,7 @@
 #include "ops/linear_cross_entropy.hpp"
 
 #include <algorithm>
+#include <utility>
 
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -28,7 +29,9 @@ constexpr int64_t kChunkLogitBytes = int64_t{256} << 20;
 // 200 ms step with 16 chunks on an H200, docs/performance.md), so fewer, larger chunks win there;
 // when one chunk holds every row (the 1B benchmark's 8k tokens: 2 GiB of bf16 logits) the weight
 // gradient is one GEMM in the weight's dtype, with no fp32 buffer at all (3.9 ms of a 136 ms step).
-constexpr int64_t kChunkLogitBytesTrainedHead = int64_t{8} << 30;
+constexpr int64_t kChunkLogitBytesTrainedHeadCuda = int64_t{8} << 30;
+// On the CPU the reference adds an fp32 copy of the whole chunk, so the trained head keeps 1 GiB.
+constexpr int64_t kChunkLogitBytesTrainedHeadCpu = int64_t{1} << 30;
 
 class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
  public:
@@ -57,8 +60,14 @@ class LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> 
         at::Tensor dh_rows = dh.narrow(0, start, rows);  // contiguous: rows of a contiguous [N, H]
         at::mm_out(dh_rows, logits, weight);
       }
-      if (grad_w && one_chunk) dw = at::matmul(logits.t(), hc);  // [V, H] in the weight's dtype
-      if (grad_w && !one_chunk) dw.add_(at::matmul(logits.t(), hc));
+      if (grad_w) {
+        at::Tensor part = at::matmul(logits.t(), hc);  // [V, H] in the weight's dtype
+        if (one_chunk) {
+          dw = std::move(part);
+        } else {
+          dw.add_(part);
+        }
+      }
     }
     ctx->save_for_backward({dh, grad_w ? dw.to(weight.scalar_type()) : at::Tensor()});
     return loss;
@@ -125,11 +134,8 @@ at::Tensor linear_cross_entropy_sum(const at::Tensor& h, const at::Tensor& weigh
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == h.size(0), "linear_cross_entropy_sum: labels [N] expected");
   const bool want_grad = at::GradMode::is_enabled() && (h.requires_grad() || weight.requires_grad());
   if (chunk_rows <= 0) {
-    // The large budget on CUDA only, where the fused kernel works in the logits' own dtype; the
-    // CPU reference would add an fp32 copy of the whole chunk.
-    const int64_t budget =
-        want_grad && weight.requires_grad() ? (h.is_cuda() ? kChunkLogitBytesTrainedHead : int64_t{1} << 30)
-                                            : kChunkLogitBytes;
+    const int64_t trained_head = h.is_cuda() ? kChunkLogitBytesTrainedHeadCuda : kChunkLogitBytesTrainedHeadCpu;
+    const int64_t budget = want_grad && weight.requires_grad() ? trained_head : kChunkLogitBytes;
     chunk_rows = std::max<int64_t>(1, budget / (4 * std::max<int64_t>(weight.size(0), 1)));
   }
   return LinearCrossEntropy::apply(h, weight, labels.to(at::kLong), chunk_rows, want_grad);
