@@ -21,9 +21,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <map>
 #include <memory>
 #include <set>
@@ -112,6 +114,69 @@ void start_profiler() {
   prof::enableProfiler(config, activities);
 }
 
+// Where the device idles within the profiled step: the kernels' busy intervals merged on the
+// profiler's clock, the lead from the step's first host op to its first kernel, and the largest
+// gaps between kernels, each with the ops that launched the kernels on either side and how late
+// the host issued the next one (its launching op's start relative to the gap's start: positive
+// means the host was still busy elsewhere when the device ran dry). Prints JSON lines.
+void report_gaps(const prof::ProfilerResult& result, const std::unordered_map<uint64_t, std::string>& op_names) {
+  struct Span {
+    double start, end;
+    std::string op;
+    double op_start;  // the launching op's host start, or NaN
+  };
+  std::unordered_map<uint64_t, double> op_starts;
+  double host_first = std::numeric_limits<double>::infinity();
+  for (const prof::KinetoEvent& e : result.events()) {
+    if (e.deviceType() != c10::DeviceType::CPU) continue;
+    const double start = temper::compat::profiler_event_start_us(e);
+    host_first = std::min(host_first, start);
+    if (op_names.count(e.correlationId()) != 0) op_starts[e.correlationId()] = start;
+  }
+  std::vector<Span> spans;
+  for (const prof::KinetoEvent& e : result.events()) {
+    if (e.deviceType() != c10::DeviceType::CUDA) continue;
+    const double start = temper::compat::profiler_event_start_us(e);
+    const auto op = op_names.find(e.linkedCorrelationId());
+    const auto op_start = op_starts.find(e.linkedCorrelationId());
+    spans.push_back({start, start + temper::compat::profiler_event_duration_us(e),
+                     op != op_names.end() ? op->second : "(no op) " + e.name(),
+                     op_start != op_starts.end() ? op_start->second : std::nan("")});
+  }
+  if (spans.empty()) return;
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.start < b.start; });
+  struct Gap {
+    double us, at;
+    size_t before, after;
+  };
+  std::vector<Gap> gaps;
+  double end = spans[0].end, idle_us = 0;
+  size_t last = 0;  // the span whose end is `end`
+  for (size_t i = 1; i < spans.size(); ++i) {
+    if (spans[i].start > end) {
+      gaps.push_back({spans[i].start - end, end - spans[0].start, last, i});
+      idle_us += spans[i].start - end;
+    }
+    if (spans[i].end > end) {
+      end = spans[i].end;
+      last = i;
+    }
+  }
+  std::printf("{\"bench\":\"profile_idle\",\"lead_ms\":%.3f,\"first_to_last_kernel_ms\":%.3f,"
+              "\"idle_between_kernels_ms\":%.3f,\"gaps\":%zu}\n",
+              (spans[0].start - host_first) / 1e3, (end - spans[0].start) / 1e3, idle_us / 1e3, gaps.size());
+  std::sort(gaps.begin(), gaps.end(), [](const Gap& a, const Gap& b) { return a.us > b.us; });
+  for (size_t g = 0; g < std::min<size_t>(gaps.size(), 12); ++g) {
+    const Span& after = spans[gaps[g].after];
+    const double late = after.op_start - (spans[gaps[g].before].end);
+    std::printf("{\"bench\":\"profile_gap\",\"gap_ms\":%.3f,\"at_ms\":%.3f,\"before\":\"%s\",\"after\":\"%s\","
+                "\"host_late_ms\":%s}\n",
+                gaps[g].us / 1e3, gaps[g].at / 1e3, json_escape(spans[gaps[g].before].op, 100).c_str(),
+                json_escape(after.op, 100).c_str(),
+                std::isnan(late) ? "null" : std::to_string(late / 1e3).c_str());
+  }
+}
+
 // Aggregates the profiled step's device events by launching op and by kernel; prints JSON lines.
 void report_profile(const prof::ProfilerResult& result, double step_wall_s) {
   // CPU-side ATen ops by correlation id. CUDA runtime calls (cudaLaunchKernel, ...) are CPU
@@ -167,6 +232,7 @@ void report_profile(const prof::ProfilerResult& result, double step_wall_s) {
                 json_escape(name, 160).c_str(), static_cast<long long>(s->kernels), s->device_us / 1e3,
                 total_us > 0 ? s->device_us / total_us : 0.0);
   }
+  report_gaps(result, op_names);
   std::printf("{\"bench\":\"profile_summary\",\"step_wall_ms\":%.3f,\"device_ms\":%.3f,\"device_busy_fraction\":%.3f,"
               "\"kernels\":%lld,\"ops_with_kernels\":%zu}\n",
               step_wall_s * 1e3, total_us / 1e3, step_wall_s > 0 ? total_us / 1e3 / (step_wall_s * 1e3) : 0.0,

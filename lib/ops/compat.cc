@@ -142,4 +142,12 @@ double profiler_event_duration_us(const torch::autograd::profiler::KinetoEvent& 
 #endif
 }
 
+double profiler_event_start_us(const torch::autograd::profiler::KinetoEvent& event) {
+#if TEMPER_TORCH_AT_LEAST(2, 1)
+  return static_cast<double>(event.startNs()) / 1e3;
+#else
+  return static_cast<double>(event.startUs());
+#endif
+}
+
 }  // namespace temper::compat

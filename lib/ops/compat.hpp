@@ -71,5 +71,7 @@ std::vector<at::Tensor> foreach_norm_fp32(at::TensorList tensors);
 // Duration of a Kineto profiler event (an op on the host, a kernel or copy on the device) in
 // microseconds: KinetoEvent::durationUs() in 1.13, durationNs() since 2.1.
 double profiler_event_duration_us(const torch::autograd::profiler::KinetoEvent& event);
+// Its start on the profiler's clock, in microseconds (startUs() in 1.13, startNs() since 2.1).
+double profiler_event_start_us(const torch::autograd::profiler::KinetoEvent& event);
 
 }  // namespace temper::compat
