@@ -126,13 +126,33 @@ void report_gaps(const prof::ProfilerResult& result, const std::unordered_map<ui
     double op_start;  // the launching op's host start, or NaN
   };
   std::unordered_map<uint64_t, double> op_starts;
+  struct HostOp {
+    double start, us;
+    std::string name;
+  };
+  std::vector<HostOp> host_ops;
   double host_first = std::numeric_limits<double>::infinity();
   for (const prof::KinetoEvent& e : result.events()) {
     if (e.deviceType() != c10::DeviceType::CPU) continue;
     const double start = temper::compat::profiler_event_start_us(e);
     host_first = std::min(host_first, start);
+    host_ops.push_back({start, temper::compat::profiler_event_duration_us(e), e.name()});
     if (op_names.count(e.correlationId()) != 0) op_starts[e.correlationId()] = start;
   }
+  // The longest host events that began within [from, to): what the host was doing meanwhile.
+  auto host_during = [&](double from, double to) {
+    std::vector<const HostOp*> in;
+    for (const HostOp& h : host_ops) {
+      if (h.start >= from && h.start < to) in.push_back(&h);
+    }
+    std::sort(in.begin(), in.end(), [](const HostOp* a, const HostOp* b) { return a->us > b->us; });
+    std::string out = "[";
+    for (size_t i = 0; i < std::min<size_t>(in.size(), 6); ++i) {
+      out += (i ? ",\"" : "\"") + json_escape(in[i]->name, 60) + " " + std::to_string(in[i]->us / 1e3).substr(0, 6) +
+             " ms @" + std::to_string((in[i]->start - from) / 1e3).substr(0, 6) + "\"";
+    }
+    return out + "]";
+  };
   std::vector<Span> spans;
   for (const prof::KinetoEvent& e : result.events()) {
     if (e.deviceType() != c10::DeviceType::CUDA) continue;
@@ -163,17 +183,19 @@ void report_gaps(const prof::ProfilerResult& result, const std::unordered_map<ui
     }
   }
   std::printf("{\"bench\":\"profile_idle\",\"lead_ms\":%.3f,\"first_to_last_kernel_ms\":%.3f,"
-              "\"idle_between_kernels_ms\":%.3f,\"gaps\":%zu}\n",
-              (spans[0].start - host_first) / 1e3, (end - spans[0].start) / 1e3, idle_us / 1e3, gaps.size());
+              "\"idle_between_kernels_ms\":%.3f,\"gaps\":%zu,\"host_in_lead\":%s}\n",
+              (spans[0].start - host_first) / 1e3, (end - spans[0].start) / 1e3, idle_us / 1e3, gaps.size(),
+              host_during(host_first, spans[0].start).c_str());
   std::sort(gaps.begin(), gaps.end(), [](const Gap& a, const Gap& b) { return a.us > b.us; });
   for (size_t g = 0; g < std::min<size_t>(gaps.size(), 12); ++g) {
     const Span& after = spans[gaps[g].after];
     const double late = after.op_start - (spans[gaps[g].before].end);
     std::printf("{\"bench\":\"profile_gap\",\"gap_ms\":%.3f,\"at_ms\":%.3f,\"before\":\"%s\",\"after\":\"%s\","
-                "\"host_late_ms\":%s}\n",
+                "\"host_late_ms\":%s,\"host_meanwhile\":%s}\n",
                 gaps[g].us / 1e3, gaps[g].at / 1e3, json_escape(spans[gaps[g].before].op, 100).c_str(),
                 json_escape(after.op, 100).c_str(),
-                std::isnan(late) ? "null" : std::to_string(late / 1e3).c_str());
+                std::isnan(late) ? "null" : std::to_string(late / 1e3).c_str(),
+                g < 4 ? host_during(spans[gaps[g].before].end, after.start).c_str() : "[]");
   }
 }
 
