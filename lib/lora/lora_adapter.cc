@@ -101,7 +101,7 @@ absl::StatusOr<std::unique_ptr<LoraAdapter::Impl>> install_adapter(Model::Impl& 
     // (model/projection_group.hpp). On the CPU the member-by-member path stays (no gain there,
     // and packing would copy weights that loading mapped without copying).
     if (model.options.device.is_cuda()) {
-      for (DecoderLayer& layer : model.layers) pack_frozen_projections(layer);
+      for (DecoderLayer& layer : model.layers) pack_projections(layer);
     }
     for (const auto& m : impl->modules) {
       auto delta = std::make_shared<const LoraDelta>(m, impl->runtime);

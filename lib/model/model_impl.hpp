@@ -54,6 +54,12 @@ struct Linear {
   at::Tensor forward(const at::Tensor& x) const { return delta ? delta->forward(x, *this) : base_forward(x); }
 };
 
+// One group's packed tensors: weight [S, in] and bias [S] (undefined when not packed).
+struct PackedGroup {
+  at::Tensor weight;
+  at::Tensor bias;
+};
+
 struct DecoderLayer {
   at::Tensor attn_norm;       // [hidden]
   at::Tensor mlp_norm;        // [hidden]
@@ -61,10 +67,11 @@ struct DecoderLayer {
   at::Tensor mlp_norm_bias;   // [hidden], LayerNorm families (bloom) only
   Linear q, k, v, o, gate, up, down;
   Linear qkv;  // bloom's fused query_key_value [n_head * 3 * head_dim, hidden], rows per head (q, k, v)
-  // Packed frozen weights (model/projection_group.hpp): [q+k+v rows, hidden] and [2 * intermediate,
-  // hidden] whose row blocks q/k/v (gate/up) .weight are views of; undefined when not packed.
-  at::Tensor packed_qkv;
-  at::Tensor packed_gate_up;
+  // Packed weights (model/projection_group.hpp): [q+k+v rows, hidden] and [2 * intermediate,
+  // hidden] whose row blocks q/k/v (gate/up) .weight are views of (and their biases, when every
+  // member has one); undefined when not packed.
+  PackedGroup packed_qkv;
+  PackedGroup packed_gate_up;
   Linear& linear(LinearSlot slot);
   const Linear& linear(LinearSlot slot) const;
 };

@@ -101,7 +101,100 @@ class GroupedProjectionFunction : public torch::autograd::Function<GroupedProjec
   }
 };
 
+// The packed tensors of grouped_linear and where each member's rows are.
+struct LinearGroupHolder : torch::CustomClassHolder {
+  at::Tensor weight;  // [S, in]
+  at::Tensor bias;    // [S] or undefined
+  std::vector<int64_t> outs;
+};
+
+class GroupedLinearFunction : public torch::autograd::Function<GroupedLinearFunction> {
+ public:
+  // weights / biases: the members' views, inputs only so that autograd routes their gradients;
+  // the GEMMs read the packed tensors they are views of.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights, at::TensorList biases,
+                            c10::intrusive_ptr<LinearGroupHolder> group) {
+    const at::Tensor x2 = rows(x);
+    const at::Tensor& w = group->weight;
+    const at::Tensor y2 = group->bias.defined() ? at::addmm(group->bias, x2, w.t()) : at::mm(x2, w.t());  // [N, S]
+    ctx->save_for_backward({x});
+    ctx->saved_data["group"] = c10::IValue::make_capsule(group);
+    ctx->saved_data["weight_version"] = static_cast<int64_t>(w._version());
+    ctx->saved_data["members"] = static_cast<int64_t>(weights.size());
+    ctx->saved_data["biases"] = static_cast<int64_t>(biases.size());
+    auto sizes = x.sizes().vec();
+    sizes.back() = y2.size(1);
+    return y2.view(sizes);
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const at::Tensor x = ctx->get_saved_variables()[0];
+    auto group = c10::static_intrusive_pointer_cast<LinearGroupHolder>(ctx->saved_data["group"].toCapsule());
+    TORCH_CHECK(static_cast<int64_t>(group->weight._version()) == ctx->saved_data["weight_version"].toInt(),
+                "grouped_linear: the packed weight was modified in place between the forward and the backward");
+    const auto n = static_cast<size_t>(ctx->saved_data["members"].toInt());
+    const auto nb = static_cast<size_t>(ctx->saved_data["biases"].toInt());
+    const at::Tensor g2 = rows(grads[0]);  // [N, S]
+    tensor_list out(1 + n + nb + 1);
+    if (ctx->needs_input_grad(0)) out[0] = at::mm(g2, group->weight).view(x.sizes());  // [N, in]
+    bool need_w = false, need_b = false;
+    for (size_t i = 0; i < n; ++i) need_w = need_w || ctx->needs_input_grad(1 + i);
+    for (size_t i = 0; i < nb; ++i) need_b = need_b || ctx->needs_input_grad(1 + n + i);
+    // One GEMM (one reduction) for the whole group; each member's gradient is its row block.
+    const at::Tensor dw = need_w ? at::mm(g2.t(), rows(x)) : at::Tensor();  // [S, in]
+    const at::Tensor db = need_b ? g2.sum(0) : at::Tensor();                // [S]
+    int64_t row = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t out_i = group->outs[i];
+      if (need_w && ctx->needs_input_grad(1 + i)) out[1 + i] = dw.narrow(0, row, out_i);
+      if (need_b && ctx->needs_input_grad(1 + n + i)) out[1 + n + i] = db.narrow(0, row, out_i);
+      row += out_i;
+    }
+    return out;
+  }
+};
+
 }  // namespace
+
+at::Tensor grouped_linear(const at::Tensor& x, const at::Tensor& packed_weight, const at::Tensor& packed_bias,
+                          at::TensorList weights, at::TensorList biases) {
+  TORCH_CHECK(packed_weight.dim() == 2 && x.dim() >= 1 && x.size(-1) == packed_weight.size(1), "grouped_linear: x ",
+              x.sizes(), " does not match the packed weight ", packed_weight.sizes());
+  TORCH_CHECK(!packed_weight.requires_grad() && (!packed_bias.defined() || !packed_bias.requires_grad()),
+              "grouped_linear: the packed tensors carry no gradient (their members' views do)");
+  TORCH_CHECK(packed_weight.scalar_type() == x.scalar_type() &&
+                  (!packed_bias.defined() || packed_bias.scalar_type() == x.scalar_type()),
+              "grouped_linear: x is ", x.scalar_type(), " but the packed weight is ", packed_weight.scalar_type());
+  TORCH_CHECK(biases.empty() == !packed_bias.defined() && (biases.empty() || biases.size() == weights.size()),
+              "grouped_linear: ", biases.size(), " biases for ", weights.size(), " members",
+              packed_bias.defined() ? " with" : " without", " a packed bias");
+  auto group = c10::make_intrusive<LinearGroupHolder>();
+  group->weight = packed_weight;
+  group->bias = packed_bias;
+  // Each member must be the view it claims to be: the GEMMs read the packed tensors, so a member
+  // that is a copy would be trained on values it does not hold.
+  const int64_t in = packed_weight.size(1);
+  int64_t row = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const at::Tensor& w = weights[i];
+    TORCH_CHECK(w.dim() == 2 && w.size(1) == in && w.is_contiguous() && w.scalar_type() == packed_weight.scalar_type() &&
+                    w.data_ptr() == static_cast<char*>(packed_weight.data_ptr()) + row * in * w.element_size(),
+                "grouped_linear: member ", i, " (", w.sizes(), ") is not rows [", row, ", ", row + w.size(0),
+                ") of the packed weight ", packed_weight.sizes());
+    if (!biases.empty()) {
+      const at::Tensor& b = biases[i];
+      TORCH_CHECK(b.dim() == 1 && b.size(0) == w.size(0) && b.scalar_type() == packed_bias.scalar_type() &&
+                      b.data_ptr() == static_cast<char*>(packed_bias.data_ptr()) + row * b.element_size(),
+                  "grouped_linear: member ", i, "'s bias is not entries [", row, ", ", row + w.size(0),
+                  ") of the packed bias");
+    }
+    group->outs.push_back(w.size(0));
+    row += w.size(0);
+  }
+  TORCH_CHECK(row == packed_weight.size(0), "grouped_linear: the members' rows sum to ", row,
+              " but the packed weight has ", packed_weight.size(0));
+  return GroupedLinearFunction::apply(x, weights, biases, group);
+}
 
 at::Tensor grouped_projection(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                               const std::vector<ProjectionMember>& members) {

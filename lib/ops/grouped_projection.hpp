@@ -1,5 +1,6 @@
-// Several projections of one input as one autograd function over a packed frozen weight: the
-// llama block's q/k/v (and gate/up), each optionally carrying a low-rank (LoRA) term.
+// Several projections of one input as one autograd function over a packed weight: the llama
+// block's q/k/v (and gate/up), over a frozen base each optionally carrying a low-rank (LoRA) term
+// (grouped_projection), or over trained weights (grouped_linear, below).
 //
 //   y = x W^T + b + [ s_i (x A_i^T) B_i^T ]_i        W = [W_1; W_2; ...]  [S, in], S = sum out_i
 //
@@ -36,5 +37,19 @@ struct ProjectionMember {
 // An in-place change of `weight` between the forward and the backward fails the backward.
 at::Tensor grouped_projection(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                               const std::vector<ProjectionMember>& members);
+
+// The same grouping for trained weights (full fine-tuning): y = x W^T + b with W = [W_1; W_2; ...]
+// whose row blocks are the members' trained weights. Why: member by member, the backward runs
+// three weight-gradient GEMMs, three input-gradient GEMMs and two sums of [tokens, in] for q/k/v;
+// here one GEMM gives the packed [S, in] weight gradient, one the input gradient, and each
+// member's gradient is its row block of the former (no copy: autograd keeps the view as .grad).
+// x [..., in] in the compute dtype; packed_weight [S, in] and packed_bias [S] (or undefined): the
+// tensors whose row blocks the members' tensors are, without requires_grad themselves; weights:
+// each member's [out_i, in] row-block view of packed_weight, in order, all requiring grad;
+// biases: empty, or each member's [out_i] view of packed_bias, in order -> [..., S] in x's dtype.
+// Differentiable in x, every weight and every bias. An in-place change of the packed weight
+// between the forward and the backward (an optimizer step) fails the backward.
+at::Tensor grouped_linear(const at::Tensor& x, const at::Tensor& packed_weight, const at::Tensor& packed_bias,
+                          at::TensorList weights, at::TensorList biases);
 
 }  // namespace temper

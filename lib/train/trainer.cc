@@ -21,6 +21,7 @@
 #include "io/safetensors.hpp"
 #include "lora/lora_adapter_impl.hpp"
 #include "model/model_impl.hpp"
+#include "model/projection_group.hpp"
 #include "ops/compat.hpp"
 #include "temper/lora_adapter.hpp"
 #include "train/checkpoint_dir.hpp"
@@ -219,6 +220,12 @@ StatusOr<Trainer> Trainer::create(Model& model, BatchSource& data, const Trainer
     for (auto& [name, p] : model.named_parameters()) {
       p.requires_grad_(false);
       p.mutable_grad() = at::Tensor();
+    }
+    // Full fine-tuning on the GPU: q/k/v and gate/up as one grouped GEMM each (forward, input and
+    // weight gradients; model/projection_group.hpp), packed while still frozen. The parameters
+    // collected below are then the packed tensors' row views.
+    if (adapter == nullptr && model.impl().options.device.is_cuda()) {
+      for (DecoderLayer& layer : model.impl().layers) pack_projections(layer);
     }
     if (adapter != nullptr) {
       impl->trainable = adapter->named_parameters();

@@ -2,14 +2,17 @@
 // fp64 on the CPU; the packed SwiGLU kernels against the two-tensor kernels (bit for bit, both
 // directions, packed and scalar paths); and a LoRA model on the GPU, whose q/k/v and gate/up the
 // adapter packs, against the same model on the CPU, which runs member by member (fp32: loss and
-// every adapter gradient).
+// every adapter gradient); full fine-tuning likewise (the Trainer packs a CUDA model: three steps'
+// losses and the trained weights), and grouped_linear's gradients in bf16 against fp64.
 #include <torch/csrc/autograd/autograd.h>
 
 #include "model/model_impl.hpp"
 #include "model_support.hpp"
 #include "ops/grouped_projection.hpp"
 #include "ops/swiglu.hpp"
+#include "list_source.hpp"
 #include "temper/lora_adapter.hpp"
+#include "temper/trainer.hpp"
 
 using namespace temper;
 using namespace temper::testing;
@@ -122,9 +125,9 @@ TEST_CASE("a LoRA model packed on the GPU trains like the unpacked one on the CP
         gpu_params[i].second.copy_(cpu_params[i].second);
       }
     }
-    CHECK_FALSE(cpu.impl().layers[0].packed_qkv.defined());
-    REQUIRE(gpu.impl().layers[0].packed_qkv.defined());  // installing on a CUDA model packs
-    REQUIRE(gpu.impl().layers[0].packed_gate_up.defined());
+    CHECK_FALSE(cpu.impl().layers[0].packed_qkv.weight.defined());
+    REQUIRE(gpu.impl().layers[0].packed_qkv.weight.defined());  // installing on a CUDA model packs
+    REQUIRE(gpu.impl().layers[0].packed_gate_up.weight.defined());
     ForwardInput input;
     input.input_ids = random_ids(2, 12, config.vocab_size, 45);
     input.labels = input.input_ids;
@@ -143,4 +146,69 @@ TEST_CASE("a LoRA model packed on the GPU trains like the unpacked one on the CP
       CHECK(rel_err(gpu_params[i].second.grad(), cpu_params[i].second.grad()) < 1e-3);
     }
   }
+}
+
+TEST_CASE("full fine-tuning on the GPU (packed q/k/v, gate/up) follows the CPU (unpacked)", "[cuda]") {
+  SKIP_WITHOUT_CUDA();
+  for (const ModelFamily family : {ModelFamily::kLlama, ModelFamily::kQwen2}) {
+    INFO(model_family_name(family));
+    const ModelConfig config = tiny_config(family);
+    Model cpu = tiny_model(config, 46);
+    Model gpu = Model::random(config, {at::kFloat, at::kCUDA}).value();
+    {
+      at::NoGradGuard no_grad;
+      for (auto& [name, p] : gpu.named_parameters()) p.copy_(cpu.parameter(name).value());
+    }
+    std::vector<Batch> batches;
+    for (int i = 0; i < 3; ++i) {
+      const at::Tensor ids = random_ids(2, 12, config.vocab_size, 47 + i);
+      batches.push_back({ids, ids, {}, {}});
+    }
+    std::vector<double> losses[2];
+    for (int m = 0; m < 2; ++m) {
+      ListSource data(batches);
+      TrainerOptions options;
+      options.max_steps = 3;
+      options.optimizer.lr = 1e-2;
+      options.schedule = {ScheduleKind::kConstant, 0};
+      options.on_step = [&losses, m](const StepMetrics& s) { losses[m].push_back(s.loss); };
+      auto trainer = Trainer::create(m == 0 ? cpu : gpu, data, options);
+      REQUIRE_OK(trainer);
+      REQUIRE_OK(trainer->train());
+    }
+    const DecoderLayer& layer = gpu.impl().layers[0];
+    CHECK_FALSE(cpu.impl().layers[0].packed_qkv.weight.defined());
+    REQUIRE(layer.packed_qkv.weight.defined());  // the Trainer packs a CUDA model it fine-tunes
+    REQUIRE(layer.packed_gate_up.weight.defined());
+    CHECK(layer.k.weight.data_ptr() ==
+          static_cast<char*>(layer.packed_qkv.weight.data_ptr()) + layer.q.weight.numel() * sizeof(float));
+    REQUIRE(losses[0].size() == 3);
+    REQUIRE(losses[1].size() == 3);
+    for (int s = 0; s < 3; ++s) CHECK(std::abs(losses[1][s] - losses[0][s]) < 1e-4 * std::abs(losses[0][s]));
+    const auto want = cpu.named_parameters();
+    const auto got = gpu.named_parameters();
+    for (size_t i = 0; i < want.size(); ++i) {
+      INFO(want[i].first);
+      CHECK(rel_err(got[i].second.cpu(), want[i].second) < 1e-3);
+    }
+  }
+}
+
+TEST_CASE("grouped_linear's member gradients are row blocks of one GEMM on CUDA", "[cuda]") {
+  SKIP_WITHOUT_CUDA();
+  at::manual_seed(48);
+  const at::Tensor packed = (at::randn({384, 256}) * 0.05).to(at::kBFloat16).cuda();
+  std::vector<at::Tensor> weights = {packed.narrow(0, 0, 256).requires_grad_(true),
+                                     packed.narrow(0, 256, 64).requires_grad_(true),
+                                     packed.narrow(0, 320, 64).requires_grad_(true)};
+  const at::Tensor x = at::randn({4, 33, 256}).to(at::kBFloat16).cuda().requires_grad_(true);
+  const at::Tensor upstream = at::randn({4, 33, 384});
+  grouped_linear(x, packed, {}, weights, {}).backward(upstream.to(at::kBFloat16).cuda());
+  // autograd kept each view as .grad (torch 2.x's AccumulateGrad steals it as 1.13's does)
+  CHECK(weights[2].grad().data_ptr() == static_cast<char*>(weights[0].grad().data_ptr()) + 320 * 256 * 2);
+  const at::Tensor xr = x.detach().cpu().to(at::kDouble);
+  const at::Tensor gr = upstream.to(at::kDouble).reshape({-1, 384});
+  const at::Tensor dw = gr.t().mm(xr.reshape({-1, 256}));  // [384, 256] in fp64
+  CHECK(rel_err(weights[1].grad().cpu(), dw.narrow(0, 256, 64)) < 1e-2);
+  CHECK(rel_err(x.grad().cpu(), gr.mm(packed.cpu().to(at::kDouble)).view({4, 33, 256})) < 1e-2);
 }

@@ -3,7 +3,9 @@
 // comparison is exact to rounding); its refusals; and packing a LoRA model's q/k/v and gate/up
 // (lib/model/projection_group.hpp): same loss and adapter gradients as the unpacked model, the
 // weights become views of the packed tensor, merge still works, and the cases that must fall back
-// (DoRA, dropout while training) do.
+// (DoRA, dropout while training) do. grouped_linear, the trained-weight form (full fine-tuning),
+// against its members one by one; its refusals; and a packed model trained by the Trainer against
+// the unpacked one (same losses and weights, updates written through the views).
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -12,7 +14,9 @@
 #include "model/projection_group.hpp"
 #include "model_support.hpp"
 #include "ops/grouped_projection.hpp"
+#include "list_source.hpp"
 #include "temper/lora_adapter.hpp"
+#include "temper/trainer.hpp"
 
 using namespace temper;
 using namespace temper::testing;
@@ -119,7 +123,7 @@ void randomise_b(const LoraAdapter& adapter) {
 }
 
 void pack_all(Model& model) {
-  for (DecoderLayer& layer : model.impl().layers) pack_frozen_projections(layer);
+  for (DecoderLayer& layer : model.impl().layers) pack_projections(layer);
 }
 
 }  // namespace
@@ -135,16 +139,16 @@ TEST_CASE("packing q/k/v and gate/up leaves a LoRA model's loss and gradients un
     const at::Tensor ids = random_ids(2, 11, config.vocab_size, 6);
     const LossAndGrads unpacked = loss_and_grads(model, *adapter, ids);
 
-    CHECK_FALSE(model.impl().layers[0].packed_qkv.defined());  // the CPU model is not packed by install
+    CHECK_FALSE(model.impl().layers[0].packed_qkv.weight.defined());  // the CPU model is not packed by install
     pack_all(model);
     const DecoderLayer& layer = model.impl().layers[1];
-    REQUIRE(layer.packed_qkv.defined());
-    REQUIRE(layer.packed_gate_up.defined());
-    CHECK(layer.packed_qkv.sizes() == at::IntArrayRef({(4 + 2 + 2) * 8, 32}));
-    CHECK(layer.packed_gate_up.sizes() == at::IntArrayRef({2 * 48, 32}));
+    REQUIRE(layer.packed_qkv.weight.defined());
+    REQUIRE(layer.packed_gate_up.weight.defined());
+    CHECK(layer.packed_qkv.weight.sizes() == at::IntArrayRef({(4 + 2 + 2) * 8, 32}));
+    CHECK(layer.packed_gate_up.weight.sizes() == at::IntArrayRef({2 * 48, 32}));
     // The weights are row blocks of the packed tensors, not copies.
-    CHECK(layer.k.weight.data_ptr() == static_cast<char*>(layer.packed_qkv.data_ptr()) + 32 * 32 * sizeof(float));
-    CHECK(layer.up.weight.data_ptr() == static_cast<char*>(layer.packed_gate_up.data_ptr()) + 48 * 32 * sizeof(float));
+    CHECK(layer.k.weight.data_ptr() == static_cast<char*>(layer.packed_qkv.weight.data_ptr()) + 32 * 32 * sizeof(float));
+    CHECK(layer.up.weight.data_ptr() == static_cast<char*>(layer.packed_gate_up.weight.data_ptr()) + 48 * 32 * sizeof(float));
     const at::Tensor x = at::randn({1, 3, 32});
     CHECK(grouped_forward({&layer.q, &layer.k, &layer.v}, layer.packed_qkv, x).has_value());
     CHECK(grouped_forward({&layer.gate, &layer.up}, layer.packed_gate_up, x).has_value());
@@ -188,7 +192,7 @@ TEST_CASE("a packed model falls back to the members for DoRA and for LoRA dropou
     const LossAndGrads unpacked = loss_and_grads(model, *adapter, ids);
     pack_all(model);
     const DecoderLayer& layer = model.impl().layers[0];
-    REQUIRE(layer.packed_qkv.defined());
+    REQUIRE(layer.packed_qkv.weight.defined());
     CHECK_FALSE(grouped_forward({&layer.q, &layer.k, &layer.v}, layer.packed_qkv, x).has_value());
     const LossAndGrads packed = loss_and_grads(model, *adapter, ids);
     CHECK(std::abs(packed.loss - unpacked.loss) < 1e-5 * std::abs(unpacked.loss));
@@ -215,4 +219,167 @@ TEST_CASE("a packed model falls back to the members for DoRA and for LoRA dropou
     layer.k.weight = layer.k.weight.clone();
     CHECK_FALSE(grouped_forward({&layer.q, &layer.k, &layer.v}, layer.packed_qkv, x).has_value());
   }
+}
+
+// ---- trained weights (full fine-tuning): grouped_linear ----
+
+namespace {
+
+// Packed [18, in] weight and [18] bias, and the members' row views made trainable, as packing and
+// the Trainer leave them.
+struct TrainedGroup {
+  at::Tensor packed_w, packed_b;
+  std::vector<at::Tensor> weights, biases;
+};
+
+TrainedGroup trained_group(int64_t in, const std::vector<int64_t>& outs, at::ScalarType dtype) {
+  TrainedGroup g;
+  int64_t total = 0;
+  for (int64_t out : outs) total += out;
+  g.packed_w = (at::randn({total, in}, at::kDouble) * 0.3).to(dtype);
+  g.packed_b = (at::randn({total}, at::kDouble) * 0.1).to(dtype);
+  int64_t row = 0;
+  for (int64_t out : outs) {
+    g.weights.push_back(g.packed_w.narrow(0, row, out).requires_grad_(true));
+    g.biases.push_back(g.packed_b.narrow(0, row, out).requires_grad_(true));
+    row += out;
+  }
+  return g;
+}
+
+}  // namespace
+
+TEST_CASE("grouped_linear equals its trained members computed one by one", "[unit]") {
+  at::manual_seed(21);
+  const int64_t in = 12;
+  const std::vector<int64_t> outs = {8, 4, 6};
+  TrainedGroup g = trained_group(in, outs, at::kDouble);
+  const at::Tensor x = leaf({2, 5, in}, at::kDouble, 1.0);
+  for (const bool with_bias : {true, false}) {
+    INFO("bias " << with_bias);
+    const at::Tensor got = grouped_linear(x, g.packed_w, with_bias ? g.packed_b : at::Tensor(), g.weights,
+                                          with_bias ? g.biases : std::vector<at::Tensor>{});
+    std::vector<at::Tensor> parts;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      parts.push_back(at::linear(x, g.weights[i], with_bias ? g.biases[i] : at::Tensor()));
+    }
+    const at::Tensor want = at::cat(parts, -1);
+    CHECK(got.sizes() == at::IntArrayRef({2, 5, 18}));
+    CHECK(rel_err(got, want) < 1e-12);
+
+    const at::Tensor upstream = at::randn_like(want);
+    std::vector<at::Tensor> wrt = {x};
+    for (const at::Tensor& w : g.weights) wrt.push_back(w);
+    if (with_bias) {
+      for (const at::Tensor& b : g.biases) wrt.push_back(b);
+    }
+    const auto g_got = torch::autograd::grad({got}, wrt, {upstream});
+    const auto g_want = torch::autograd::grad({want}, wrt, {upstream});
+    for (size_t i = 0; i < wrt.size(); ++i) {
+      INFO("gradient of input " << i << " (x, the weights, the biases)");
+      CHECK(g_got[i].sizes() == wrt[i].sizes());
+      CHECK(rel_err(g_got[i], g_want[i]) < 1e-12);
+    }
+  }
+
+  // Accumulated by autograd, each member's .grad is its row block of one weight gradient (no
+  // copy per member), and a second backward accumulates into those blocks.
+  const at::Tensor y = grouped_linear(x, g.packed_w, g.packed_b, g.weights, g.biases);
+  y.sum().backward();
+  const at::Tensor first = g.weights[1].grad().clone();
+  for (size_t i = 1; i < outs.size(); ++i) {
+    CHECK(g.weights[i].grad().data_ptr() ==
+          static_cast<char*>(g.weights[0].grad().data_ptr()) + (i == 1 ? 8 : 12) * in * sizeof(double));
+  }
+  grouped_linear(x, g.packed_w, g.packed_b, g.weights, g.biases).sum().backward();
+  CHECK(rel_err(g.weights[1].grad(), first * 2) < 1e-12);
+}
+
+TEST_CASE("grouped_linear refuses members that are not the packed tensors' blocks", "[unit]") {
+  at::manual_seed(22);
+  TrainedGroup g = trained_group(4, {2, 3}, at::kDouble);
+  const at::Tensor x = at::randn({3, 4}, at::kDouble);
+  // A copy instead of the view: training it through the packed GEMM would be wrong.
+  std::vector<at::Tensor> copied = {g.weights[0], g.weights[1].detach().clone().requires_grad_(true)};
+  CHECK_THROWS_WITH(grouped_linear(x, g.packed_w, {}, copied, {}), Catch::Contains("member 1"));
+  CHECK_THROWS_WITH(grouped_linear(x, g.packed_w, {}, {g.weights[1], g.weights[0]}, {}), Catch::Contains("member 0"));
+  CHECK_THROWS_WITH(grouped_linear(x, g.packed_w, {}, {g.weights[0]}, {}), Catch::Contains("sum to 2"));
+  CHECK_THROWS_WITH(grouped_linear(x, g.packed_w, g.packed_b, g.weights, {}), Catch::Contains("0 biases for 2"));
+  CHECK_THROWS_WITH(grouped_linear(x, g.packed_w, g.packed_b, g.weights, {g.biases[1], g.biases[0]}),
+                    Catch::Contains("bias is not"));
+  CHECK_THROWS_WITH(grouped_linear(x.to(at::kFloat), g.packed_w, {}, g.weights, {}), Catch::Contains("packed weight is"));
+  CHECK_THROWS_WITH(grouped_linear(x, g.packed_w.detach().clone().requires_grad_(true), {}, g.weights, {}),
+                    Catch::Contains("carry no gradient"));
+  // An optimizer step between the forward and the backward.
+  const at::Tensor y = grouped_linear(x, g.packed_w, {}, g.weights, {});
+  {
+    at::NoGradGuard no_grad;
+    g.weights[0].add_(1.0);  // through the view: the packed tensor's version moves too
+  }
+  CHECK_THROWS_WITH(y.sum().backward(), Catch::Contains("modified in place"));
+}
+
+TEST_CASE("a packed model trains its full weights like the unpacked one", "[unit]") {
+  for (const ModelFamily family : {ModelFamily::kLlama, ModelFamily::kQwen2}) {  // qwen2: trained q/k/v biases
+    INFO(model_family_name(family));
+    const ModelConfig config = tiny_config(family);
+    Model plain = tiny_model(config, 23);
+    Model packed = tiny_model(config, 23);
+    pack_all(packed);  // what the Trainer does for CUDA models, here on the CPU
+    DecoderLayer& layer = packed.impl().layers[1];
+    REQUIRE(layer.packed_qkv.weight.defined());
+    CHECK(layer.packed_qkv.bias.defined() == (family == ModelFamily::kQwen2));
+    const at::Tensor ids = random_ids(2, 11, config.vocab_size, 24);
+    std::vector<Batch> batches;
+    for (int i = 0; i < 3; ++i) batches.push_back({random_ids(2, 11, config.vocab_size, 25 + i), {}, {}, {}});
+    for (Batch& b : batches) b.labels = b.input_ids;
+    TrainerOptions options;
+    options.max_steps = 3;
+    options.optimizer.lr = 1e-2;
+    options.schedule = {ScheduleKind::kConstant, 0};
+    std::vector<double> losses[2];
+    for (int m = 0; m < 2; ++m) {
+      Model& model = m == 0 ? plain : packed;
+      ListSource data(batches);
+      TrainerOptions o = options;
+      o.on_step = [&losses, m](const StepMetrics& s) { losses[m].push_back(s.loss); };
+      auto trainer = Trainer::create(model, data, o);
+      REQUIRE_OK(trainer);
+      if (m == 1) {
+        // The trained tensors are the packed views, so the grouped (trained) path runs.
+        const at::Tensor x = at::randn({1, 3, config.hidden_size});
+        CHECK(layer.q.weight.requires_grad());
+        CHECK(grouped_forward({&layer.q, &layer.k, &layer.v}, layer.packed_qkv, x).has_value());
+        CHECK(grouped_forward({&layer.gate, &layer.up}, layer.packed_gate_up, x).has_value());
+      }
+      REQUIRE_OK(trainer->train());
+    }
+    REQUIRE(losses[0].size() == 3);
+    REQUIRE(losses[1].size() == 3);
+    for (int s = 0; s < 3; ++s) CHECK(std::abs(losses[1][s] - losses[0][s]) < 1e-5 * std::abs(losses[0][s]));
+    CHECK(losses[0][2] != losses[0][0]);  // the weights did move
+    // The updates went through the views into the packed tensors, and match the plain model's.
+    const auto want = plain.named_parameters();
+    const auto got = packed.named_parameters();
+    for (size_t i = 0; i < want.size(); ++i) {
+      INFO(want[i].first);
+      CHECK(rel_err(got[i].second, want[i].second) < 1e-5);
+    }
+    CHECK(at::equal(layer.packed_qkv.weight.narrow(0, 0, layer.q.weight.size(0)), layer.q.weight));
+    CHECK(at::equal(layer.packed_gate_up.weight.narrow(0, layer.gate.weight.size(0), layer.up.weight.size(0)),
+                    layer.up.weight));
+  }
+}
+
+TEST_CASE("a packed model falls back to the members when only some of a group trains", "[unit]") {
+  const ModelConfig config = tiny_config();
+  Model model = tiny_model(config, 26);
+  pack_all(model);
+  DecoderLayer& layer = model.impl().layers[0];
+  const at::Tensor x = at::randn({1, 3, config.hidden_size});
+  layer.q.weight.requires_grad_(true);  // q trains, k and v do not (a trainable pattern could do this)
+  CHECK_FALSE(grouped_forward({&layer.q, &layer.k, &layer.v}, layer.packed_qkv, x).has_value());
+  layer.k.weight.requires_grad_(true);
+  layer.v.weight.requires_grad_(true);
+  CHECK(grouped_forward({&layer.q, &layer.k, &layer.v}, layer.packed_qkv, x).has_value());
 }
