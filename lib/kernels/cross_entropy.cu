@@ -22,6 +22,7 @@
 // test tests/cuda/cross_entropy_kernel_test.cc.
 #include "kernels/cross_entropy.cuh"
 #include "kernels/float_convert.cuh"
+#include "kernels/pack.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -34,13 +35,6 @@ namespace {
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr int64_t kIgnore = -100;
-constexpr int kPackBytes = 16;
-
-template <typename T>
-struct alignas(kPackBytes) Pack {
-  static constexpr int kWidth = kPackBytes / static_cast<int>(sizeof(T));
-  T v[kWidth];
-};
 
 // Running (max, sum of exp(x - max)); m = -inf with s = 0 is the empty state.
 struct MaxSum {
@@ -144,7 +138,7 @@ template <typename T>
 cudaError_t launch_softmax_cross_entropy_rows(T* logits, float* loss, const int64_t* labels, int64_t rows,
                                               int64_t vocab, bool write_grad, cudaStream_t stream) {
   if (rows <= 0 || vocab <= 0 || rows > 0x7fffffff) return cudaErrorInvalidValue;
-  const bool packed = vocab % Pack<T>::kWidth == 0 && reinterpret_cast<uintptr_t>(logits) % kPackBytes == 0;
+  const bool packed = vocab % Pack<T>::kWidth == 0 && pack_aligned(logits);
   const auto grid = static_cast<unsigned>(rows);
   if (packed) {
     softmax_cross_entropy_kernel<T, true><<<grid, kThreads, 0, stream>>>(logits, loss, labels, vocab, write_grad);

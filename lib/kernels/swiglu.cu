@@ -22,6 +22,7 @@
 // tests/cuda/swiglu_kernel_test.cc.
 #include "kernels/swiglu.cuh"
 #include "kernels/float_convert.cuh"
+#include "kernels/pack.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -32,7 +33,6 @@ namespace {
 constexpr int kThreads = 256;
 // Enough blocks to fill any current GPU several times over; larger inputs loop (grid stride).
 constexpr int64_t kMaxBlocks = int64_t{1} << 16;
-constexpr int kPackBytes = 16;
 
 __device__ __forceinline__ float silu(float g) { return g / (1.0f + expf(-g)); }
 
@@ -48,13 +48,6 @@ __device__ __forceinline__ void swiglu_grads(float da, float g, float u, float* 
   *dg = da * u * (s * (1.0f + g * one_minus_s));
   *du = da * silu(g);
 }
-
-// kWidth elements of T in one 16-byte load/store.
-template <typename T>
-struct alignas(kPackBytes) Pack {
-  static constexpr int kWidth = kPackBytes / static_cast<int>(sizeof(T));
-  T v[kWidth];
-};
 
 // Element i of a [rows, cols] matrix (row-major) as its row and column; one division per element
 // or pack, shared by every operand's offset r * ld + c. The flat launchers pass rows = 1.
@@ -134,8 +127,6 @@ __global__ void swiglu_backward_packed_kernel(Pack<T>* __restrict__ dgate, Pack<
   }
 }
 
-bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kPackBytes == 0; }
-
 unsigned grid_for(int64_t work) {
   const int64_t blocks = (work + kThreads - 1) / kThreads;
   return static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
@@ -155,8 +146,8 @@ cudaError_t launch_swiglu_forward_2d(T* act, const T* gate, const T* up, int64_t
   if (n == 0) return cudaSuccess;
   constexpr int width = Pack<T>::kWidth;
   // Packs never straddle rows: every row start must be pack-aligned, which the widths ensure.
-  if (cols % width == 0 && act_ld % width == 0 && gu_ld % width == 0 && aligned(act) && aligned(gate) &&
-      aligned(up)) {
+  if (cols % width == 0 && act_ld % width == 0 && gu_ld % width == 0 && pack_aligned(act) && pack_aligned(gate) &&
+      pack_aligned(up)) {
     swiglu_forward_packed_kernel<T><<<grid_for(n / width), kThreads, 0, stream>>>(
         reinterpret_cast<Pack<T>*>(act), reinterpret_cast<const Pack<T>*>(gate), reinterpret_cast<const Pack<T>*>(up),
         n / width, cols / width, act_ld / width, gu_ld / width);
@@ -173,8 +164,8 @@ cudaError_t launch_swiglu_backward_2d(T* dgate, T* dup, const T* dact, const T* 
   const int64_t n = rows * cols;
   if (n == 0) return cudaSuccess;
   constexpr int width = Pack<T>::kWidth;
-  if (cols % width == 0 && act_ld % width == 0 && gu_ld % width == 0 && aligned(dgate) && aligned(dup) &&
-      aligned(dact) && aligned(gate) && aligned(up)) {
+  if (cols % width == 0 && act_ld % width == 0 && gu_ld % width == 0 && pack_aligned(dgate) && pack_aligned(dup) &&
+      pack_aligned(dact) && pack_aligned(gate) && pack_aligned(up)) {
     swiglu_backward_packed_kernel<T><<<grid_for(n / width), kThreads, 0, stream>>>(
         reinterpret_cast<Pack<T>*>(dgate), reinterpret_cast<Pack<T>*>(dup), reinterpret_cast<const Pack<T>*>(dact),
         reinterpret_cast<const Pack<T>*>(gate), reinterpret_cast<const Pack<T>*>(up), n / width, cols / width,

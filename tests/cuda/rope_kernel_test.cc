@@ -1,7 +1,7 @@
 // The fused RoPE kernels (lib/kernels/rope.cu) against the ATen reference (apply_rope_reference,
 // lib/model/rope.cc) on the same GPU data, forward and backward, fp32/bf16/fp16, odd shapes, the
 // transposed projection view the model passes, positions with an offset (a KV-cache decode step)
-// and cos/sin broadcast over the batch.
+// and cos/sin broadcast over the batch; the packed and one-pair kernels bit for bit.
 //
 // Bounds, elementwise, with u the dtype's unit roundoff (2^-24 fp32, 2^-8 bf16, 2^-11 fp16) and
 // M = |x[d]| |cos[d]| + |x[d+h]| |sin[d]| (the magnitudes of the two products; likewise for the
@@ -72,6 +72,7 @@ const Case kCases[] = {
     {3, 4, 1, 128, 3, 37},  // one decode step after 37 cached positions
     {2, 5, 7, 64, 1, 11},   // cos/sin of one row of positions, broadcast over the batch
     {2, 32, 129, 128, 2, 0},
+    {2, 3, 5, 12, 2, 0},  // half 6: no whole packs, the one-pair kernel in every dtype
 };
 
 }  // namespace
@@ -107,6 +108,14 @@ TEST_CASE("fused RoPE forward matches the reference and rounds once", "[cuda]") 
       if (dtype == at::kFloat) CHECK(max_abs_diff(out, ref) <= 1e-6 * std::max(1.0, ref.abs().max().item<double>()));
       // A contiguous [B, H, T, D] input gives the same values.
       CHECK(at::equal(rope_cuda_forward(x.contiguous(), c, s), out));
+      // So does an input one element off 16-byte alignment, which the one-pair kernel takes
+      // where the aligned one ran the packed kernel (when head_dim allows packs): the two
+      // kernels agree bit for bit, forward and backward.
+      const int64_t n = x.numel();
+      const at::Tensor shifted =
+          at::empty({n + 1}, x.options()).narrow(0, 1, n).view({k.batch, k.heads, k.seq, k.dim}).copy_(x);
+      CHECK(at::equal(rope_cuda_forward(shifted, c, s), out));
+      CHECK(at::equal(rope_cuda_backward(shifted, c, s), rope_cuda_backward(x.contiguous(), c, s)));
     }
   }
 #endif
