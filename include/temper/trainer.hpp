@@ -118,8 +118,15 @@ struct TrainerOptions {
   // ZeRO-1: each rank keeps the fp32 masters and optimizer moments of ~1/world_size of the
   // trained tensors and updates only those, then sends them to the others.
   bool shard_optimizer_state = false;
-  // Gradients are all-reduced in buckets of this many fp32 bytes while the backward runs.
+  // Gradients are all-reduced in buckets of this many bytes while the backward runs.
   int64_t gradient_bucket_bytes = int64_t{25} << 20;
+  // Gradients are summed over ranks in their own dtype by default, as PyTorch's DDP does: a bf16
+  // model's in bf16, which moves half the bytes of fp32 and keeps no fp32 copy of them, but each
+  // all-reduce rounds the sum to bf16 once more than one process would. true sums in fp32
+  // buckets instead (every gradient converted on the way in, twice the bytes on the wire and
+  // 4 bytes per trained parameter held), and the sums are not rounded to bf16. No effect on fp32
+  // models.
+  bool reduce_gradients_in_fp32 = false;
 
   // Progress and control; called on the training thread between steps.
   std::function<void(const StepMetrics&)> on_step;

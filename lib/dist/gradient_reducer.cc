@@ -9,31 +9,36 @@
 namespace temper {
 
 GradientReducer::GradientReducer(Communicator& communicator, std::vector<std::pair<std::string, at::Tensor>> params,
-                                 int64_t bucket_bytes)
+                                 int64_t bucket_bytes, BucketDtype bucket_dtype)
     : communicator_(communicator), params_(std::move(params)) {
   const size_t n = params_.size();
   views_.resize(n);
   bucket_of_.resize(n);
   arrived_.assign(n, false);
+  auto dtype_of = [&](size_t k) {
+    return bucket_dtype == BucketDtype::kFloat32 ? at::kFloat : params_[k].second.scalar_type();
+  };
   // Reverse creation order: the backward of a decoder produces the last layer's gradients first.
-  const int64_t cap = std::max<int64_t>(bucket_bytes / 4, 1);
+  // A bucket is one flat buffer, hence one dtype: a change of dtype starts a new one.
   std::vector<std::vector<size_t>> groups;
-  int64_t filled = 0;
+  int64_t filled = 0;  // elements in the last group
   for (size_t k = n; k-- > 0;) {
+    const at::ScalarType dtype = dtype_of(k);
+    const int64_t cap = std::max<int64_t>(bucket_bytes / static_cast<int64_t>(c10::elementSize(dtype)), 1);
     const int64_t numel = params_[k].second.numel();
-    if (groups.empty() || (filled > 0 && filled + numel > cap)) {
+    if (groups.empty() || dtype != dtype_of(groups.back().front()) || (filled > 0 && filled + numel > cap)) {
       groups.emplace_back();
       filled = 0;
     }
     groups.back().push_back(k);
     filled += numel;
   }
-  const at::TensorOptions fp32 = at::TensorOptions().dtype(at::kFloat).device(communicator_.device());
   for (auto& members : groups) {
     int64_t numel = 0;
     for (size_t k : members) numel += params_[k].second.numel();
     Bucket bucket;
-    bucket.buffer = at::zeros({numel}, fp32);
+    const at::ScalarType dtype = dtype_of(members.front());
+    bucket.buffer = at::zeros({numel}, at::TensorOptions().dtype(dtype).device(communicator_.device()));
     int64_t offset = 0;
     for (size_t k : members) {
       const at::Tensor& p = params_[k].second;
@@ -82,8 +87,11 @@ void GradientReducer::on_gradient(size_t index, const at::Tensor& grad) {
   at::NoGradGuard no_grad;
   at::Tensor& view = views_[index];
   const at::Tensor& accumulated = params_[index].second.grad();  // earlier micro-batches of this step
-  if (accumulated.defined()) {
-    view.copy_(accumulated).add_(grad);
+  if (accumulated.defined() && accumulated.scalar_type() == view.scalar_type() &&
+      grad.scalar_type() == view.scalar_type()) {
+    at::add_out(view, accumulated, grad);  // one pass, rounded as autograd's own accumulation
+  } else if (accumulated.defined()) {
+    view.copy_(accumulated).add_(grad);  // widened first: summed in the bucket's dtype (fp32)
   } else {
     view.copy_(grad);
   }

@@ -1,19 +1,24 @@
 // Sums the gradients of the trained tensors over every rank, in buckets that start while the
-// backward pass is still running (as PyTorch's DDP does), into fp32 buffers the optimizer reads.
+// backward pass is still running (as PyTorch's DDP does), into flat buffers the optimizer reads.
 //
 // Why not c10d::Reducer (DDP's engine): its constructor and hooks are internal API that differ
 // between libtorch 1.13 and 2.x and assume DDP's Python wrapper; what temper needs is small —
 // tensor hooks, a few flat buffers, and launches in a fixed order.
 //
 // Buckets hold tensors in reverse order of the list given (the order backward produces them for
-// a decoder: last layer first), each up to `bucket_bytes` of fp32. During the last micro-batch's
-// backward (arm()), each tensor's hook adds its incoming gradient to what earlier micro-batches
-// accumulated in .grad and writes the sum into its bucket; a bucket whose tensors are all in is
-// all-reduced at once, provided every earlier bucket has been launched: every rank launches the
-// same collectives in the same order, whatever order its hooks fire in. finish() launches the
-// rest (a tensor that got no gradient contributes zeros), waits, and returns the summed
-// gradients as fp32 views of the buffers. A tensor whose hook fires twice in one backward makes
-// the reducer fall back to reducing .grad after the backward (correct, without overlap).
+// a decoder: last layer first). A bucket holds one dtype: by default its members' own (a bf16
+// model's gradients are summed in bf16, as DDP does: half the bytes on the wire and in memory of
+// fp32, and no conversion pass), so a run of consecutive tensors of one dtype is cut where the
+// dtype changes or where `bucket_bytes` (counted in that dtype's element size) is reached; under
+// BucketDtype::kFloat32 every bucket is fp32 and every gradient is converted on its way in.
+// During the last micro-batch's backward (arm()), each tensor's hook adds its incoming gradient
+// to what earlier micro-batches accumulated in .grad and writes the sum into its bucket; a
+// bucket whose tensors are all in is all-reduced at once, provided every earlier bucket has been
+// launched: every rank launches the same collectives in the same order, whatever order its hooks
+// fire in. finish() launches the rest (a tensor that got no gradient contributes zeros), waits,
+// and returns the summed gradients as views of the buffers. A tensor whose hook fires twice in
+// one backward makes the reducer fall back to reducing .grad after the backward (correct,
+// without overlap).
 #pragma once
 
 #include <mutex>
@@ -27,12 +32,18 @@
 
 namespace temper {
 
+// The dtype the gradients are summed in.
+enum class BucketDtype {
+  kGradient,  // each tensor's own: sums round in it (bf16: one more rounding per all-reduce)
+  kFloat32,   // fp32 for every tensor: sums as exact as fp32, twice the bytes of bf16
+};
+
 class GradientReducer {
  public:
   // `params`: the trained tensors (requires_grad leaves, any float dtype, all on the
-  // communicator's device), in the order the model creates them.
+  // communicator's device), in the order the model creates them. `bucket_bytes` >= 1.
   GradientReducer(Communicator& communicator, std::vector<std::pair<std::string, at::Tensor>> params,
-                  int64_t bucket_bytes);
+                  int64_t bucket_bytes, BucketDtype bucket_dtype = BucketDtype::kGradient);
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
@@ -40,14 +51,15 @@ class GradientReducer {
   // The next backward is the step's last: hooks reduce as gradients arrive.
   void arm();
   // Completes the reduction. Returns, per tensor in the constructor's order, its gradient summed
-  // over ranks (fp32, the tensor's shape; a view into a bucket, valid until the next arm()).
+  // over ranks (the tensor's shape, in its bucket's dtype: the tensor's own, or fp32 under
+  // BucketDtype::kFloat32; a view into the bucket, valid until the next arm()).
   StatusOr<std::vector<at::Tensor>> finish();
   // Disarms after a failed backward, so that the next step starts clean.
   void reset();
 
  private:
   struct Bucket {
-    at::Tensor buffer;            // [numel] fp32
+    at::Tensor buffer;            // [numel] the members' dtype, or fp32 (BucketDtype::kFloat32)
     std::vector<size_t> members;  // indices into params_
     size_t pending = 0;           // members whose gradient has not arrived this backward
   };
@@ -58,7 +70,7 @@ class GradientReducer {
 
   Communicator& communicator_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
-  std::vector<at::Tensor> views_;      // per param: [shape] fp32 view into its bucket
+  std::vector<at::Tensor> views_;      // per param: [shape] view into its bucket, in the bucket's dtype
   std::vector<size_t> bucket_of_;      // per param
   std::vector<bool> arrived_;          // per param, this backward
   std::vector<Bucket> buckets_;

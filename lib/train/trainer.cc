@@ -287,7 +287,9 @@ StatusOr<Trainer> Trainer::create(Model& model, BatchSource& data, const Trainer
     }
     impl->optimizer = std::make_unique<Optimizer>(options.optimizer, std::move(optimized));
     if (impl->comm != nullptr) {
-      impl->reducer = std::make_unique<GradientReducer>(*impl->comm, impl->trainable, options.gradient_bucket_bytes);
+      impl->reducer = std::make_unique<GradientReducer>(
+          *impl->comm, impl->trainable, options.gradient_bucket_bytes,
+          options.reduce_gradients_in_fp32 ? BucketDtype::kFloat32 : BucketDtype::kGradient);
     }
     model.impl().gradient_checkpointing = options.gradient_checkpointing;
     return Trainer(std::move(impl));
@@ -353,7 +355,9 @@ StatusOr<StepMetrics> Trainer::Impl::step_once() {
     const at::Tensor micro_loss = out->loss_sum.detach().to(at::kDouble);
     loss_total = loss_total.defined() ? loss_total + micro_loss : micro_loss;
   }
-  std::vector<at::Tensor> reduced;  // fp32 gradients summed over ranks (a world of more than one)
+  // Gradients summed over ranks (a world of more than one): in each tensor's dtype, or fp32 under
+  // reduce_gradients_in_fp32; the norm and the optimizer take either.
+  std::vector<at::Tensor> reduced;
   at::Tensor totals;  // a world of more than one: [1 + world] fp64, the loss and each rank's batch fingerprint
   if (reducer != nullptr) {
     TEMPER_ASSIGN_OR_RETURN(reduced, reducer->finish());

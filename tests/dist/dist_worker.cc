@@ -1,16 +1,23 @@
 // One rank of a data-parallel test run (tests/unit/distributed_test.cc starts one or several of
 // these with torchrun's environment; the GPU proof runs it under tools/temper-launch).
 //
-//   temper_dist_worker --out <prefix> [--mode full|lora] [--steps N] [--batch B] [--seq T]
-//       [--accum G] [--zero] [--device cpu|cuda] [--dtype f32|bf16] [--ckpt-dir D --ckpt-every K]
-//       [--resume D] [--die-at-step K] [--data-seed S] [--timeout-ms MS] [--layers L] [--hidden H]
-//       [--tied]
+//   temper_dist_worker --out <prefix> [--mode full|lora|reducer] [--steps N] [--batch B] [--seq T]
+//       [--accum G] [--zero] [--device cpu|cuda] [--dtype f32|bf16|f16] [--fp32-reduce]
+//       [--ckpt-dir D --ckpt-every K] [--resume D] [--die-at-step K] [--data-seed S]
+//       [--timeout-ms MS] [--layers L] [--hidden H] [--tied]
 //
 // Every rank builds the same tiny LLaMA model and the same list of batches (from --data-seed),
 // trains, and rank 0 writes <prefix>.jsonl (one line per step: loss and grad norm as exact hex
 // floats) and <prefix>.safetensors (the trained tensors). --die-at-step makes rank 1 exit with
-// _exit(3) at the start of that step, as a killed process would vanish. Exit status: 0, or
-// 10 + the absl status code of the first error (its message on stderr).
+// _exit(3) at the start of that step, as a killed process would vanish. --fp32-reduce sets
+// TrainerOptions::reduce_gradients_in_fp32. Exit status: 0, or 10 + the absl status code of the
+// first error (its message on stderr).
+//
+// --mode reducer drives a GradientReducer alone (no model): each rank gives a few tensors of
+// --dtype (and one fp32 tensor, and one that gets no gradient) gradients of its own over two
+// micro-batches, reduces them, and writes <prefix>.rank<r>.safetensors with "micro<m>.<name>"
+// (its gradient in micro-batch m; zeros for the unused tensor) and "reduced.<name>" (what
+// finish() returned, in the dtype returned), so that the test can redo the sum.
 #include <unistd.h>
 
 #include <cstdio>
@@ -23,6 +30,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include "dist/gradient_reducer.hpp"
 #include "io/safetensors.hpp"
 #include "list_source.hpp"
 #include "temper/distributed.hpp"
@@ -49,6 +57,41 @@ std::string hex(double v) {
   return buf;
 }
 
+// --mode reducer (see the top of the file).
+int reduce_only(Communicator& comm, at::ScalarType dtype, BucketDtype bucket_dtype, const std::string& out) {
+  const at::TensorOptions on = at::TensorOptions().device(comm.device());
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  // Creation order; the reducer buckets them in reverse. The fp32 tensor between the others
+  // splits the run of --dtype tensors (a bucket holds one dtype); it is small enough that a
+  // reducer mixing dtypes would put it in one bucket with b.
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> shapes = {
+      {"a", {5, 7}}, {"b", {13}}, {"mixed_fp32", {3}}, {"c", {3, 4}}, {"unused", {6}}, {"d", {9}}};
+  for (const auto& [name, shape] : shapes) {
+    const at::ScalarType type = name == "mixed_fp32" ? at::kFloat : dtype;
+    params.emplace_back(name, at::zeros(shape, on.dtype(type)).requires_grad_(true));
+  }
+  // 40 bytes: a few tensors per bucket, so buckets both of one and of several tensors occur.
+  GradientReducer reducer(comm, params, 40, bucket_dtype);
+  // Gradients drawn on the CPU, from a seed per rank: the ranks' gradients differ.
+  at::manual_seed(100 + comm.rank());
+  NamedTensors written;
+  for (int micro = 0; micro < 2; ++micro) {
+    if (micro == 1) reducer.arm();  // the step's last backward reduces
+    for (const auto& [name, p] : params) {
+      const at::Tensor g = at::randn(p.sizes(), at::kFloat).to(p.device(), p.scalar_type());
+      written.emplace_back("micro" + std::to_string(micro) + "." + name, name == "unused" ? at::zeros_like(p) : g);
+      if (name != "unused") (p * 1).backward(g);  // d(p * 1)/dp = 1: the gradient is g as drawn
+    }
+  }
+  absl::StatusOr<std::vector<at::Tensor>> reduced = reducer.finish();
+  if (!reduced.ok()) return fail(reduced.status());
+  for (size_t k = 0; k < params.size(); ++k) written.emplace_back("reduced." + params[k].first, (*reduced)[k]);
+  if (Status s = write_safetensors(out + ".rank" + std::to_string(comm.rank()) + ".safetensors", written); !s.ok()) {
+    return fail(s);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -61,7 +104,9 @@ int main(int argc, char** argv) {
   const int64_t die_at = std::stoll(arg(argc, argv, "--die-at-step", "0"));
   uint64_t data_seed = std::stoull(arg(argc, argv, "--data-seed", "11"));
   const bool cuda = arg(argc, argv, "--device", "cpu") == "cuda";
-  const bool bf16 = arg(argc, argv, "--dtype", "f32") == "bf16";
+  const std::string dtype = arg(argc, argv, "--dtype", "f32");
+  const bool bf16 = dtype == "bf16";
+  const bool fp32_reduce = flag(argc, argv, "--fp32-reduce");
   if (out.empty()) {
     std::fprintf(stderr, "usage: temper_dist_worker --out <prefix> [options]\n");
     return 2;
@@ -80,6 +125,10 @@ int main(int argc, char** argv) {
   if (!comm.ok()) return fail(comm.status());
   std::fprintf(stderr, "worker: rank %d of %d, backend %s, device %s\n", (*comm)->rank(), (*comm)->world_size(),
                (*comm)->backend_name().c_str(), device.str().c_str());
+  if (mode == "reducer") {
+    const at::ScalarType type = bf16 ? at::kBFloat16 : dtype == "f16" ? at::kHalf : at::kFloat;
+    return reduce_only(**comm, type, fp32_reduce ? BucketDtype::kFloat32 : BucketDtype::kGradient, out);
+  }
 
   ModelConfig config;
   config.model_type = "llama";
@@ -151,6 +200,7 @@ int main(int argc, char** argv) {
   options.communicator = *comm;
   options.shard_optimizer_state = flag(argc, argv, "--zero");
   options.gradient_bucket_bytes = 4096;  // several buckets even for the tiny model
+  options.reduce_gradients_in_fp32 = fp32_reduce;
   options.checkpoint_dir = arg(argc, argv, "--ckpt-dir", "");
   options.checkpoint_every = std::stoll(arg(argc, argv, "--ckpt-every", "0"));
   options.keep_last_checkpoints = 10;

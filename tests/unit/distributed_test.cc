@@ -2,7 +2,8 @@
 // (started here with torchrun's environment), checked against the single-process run on the same
 // global batch: the loss trajectory, the gradient norms and the trained tensors agree within fp32
 // rounding (the sums happen in another order). Plus resume with another world size, a rank that
-// dies, a rendezvous that times out, and ranks given different data.
+// dies, a rendezvous that times out, ranks given different data, and the gradient reducer alone:
+// its buckets' dtypes and the exact sums it returns.
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -23,6 +24,7 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <catch2/catch.hpp>
 
+#include "dist/gradient_reducer.hpp"
 #include "dist/optimizer_shards.hpp"
 #include "io/safetensors.hpp"
 #include "temper/distributed.hpp"
@@ -172,6 +174,49 @@ void require_same_run(const std::string& a, const std::string& b, double toleran
   }
 }
 
+// The tensors of tests/dist/dist_worker.cc's --mode reducer, in creation order.
+const std::vector<std::string> kReducerTensors = {"a", "b", "mixed_fp32", "c", "unused", "d"};
+
+// After a two-rank --mode reducer run with --dtype `dtype`: both ranks got, for every tensor, the
+// sum over ranks of each rank's two micro-batch gradients, computed in the dtype the reducer
+// should sum in — the tensor's own, or fp32 under `fp32_buckets` — in the reducer's order (each
+// rank's accumulation, then the two ranks' sums: two addends, whose order cannot matter), and
+// exactly that.
+void require_reduced_sums(const std::string& prefix, at::ScalarType dtype, bool fp32_buckets) {
+  auto rank0 = SafetensorsFile::open(prefix + ".rank0.safetensors");
+  auto rank1 = SafetensorsFile::open(prefix + ".rank1.safetensors");
+  REQUIRE_OK(rank0);
+  REQUIRE_OK(rank1);
+  for (const std::string& name : kReducerTensors) {
+    INFO(name);
+    const at::ScalarType own = name == "mixed_fp32" ? at::kFloat : dtype;
+    const at::ScalarType summed_in = fp32_buckets ? at::kFloat : own;
+    std::vector<at::Tensor> per_rank;       // each rank's accumulated gradient, in summed_in
+    std::vector<at::Tensor> per_rank_own;   // the same, accumulated in the tensor's own dtype
+    for (const auto* file : {&*rank0, &*rank1}) {
+      const at::Tensor m0 = file->tensor("micro0." + name).value(), m1 = file->tensor("micro1." + name).value();
+      REQUIRE(m0.scalar_type() == own);
+      per_rank.push_back(m0.to(summed_in) + m1.to(summed_in));
+      per_rank_own.push_back(m0 + m1);
+    }
+    const at::Tensor expected = per_rank[0] + per_rank[1];
+    for (const auto* file : {&*rank0, &*rank1}) {
+      const at::Tensor reduced = file->tensor("reduced." + name).value();
+      CHECK(reduced.scalar_type() == summed_in);
+      CHECK(reduced.equal(expected));
+    }
+    if (name == "unused") {
+      CHECK(expected.abs().max().item<double>() == 0.0);  // no gradient: zeros, as on one process
+      continue;
+    }
+    CHECK_FALSE(per_rank[0].equal(per_rank[1]));  // the ranks' gradients differ: a sum, not a copy
+    if (summed_in != own) {
+      // Not the numbers a sum in the gradients' own dtype gives (that rounds some of them).
+      CHECK_FALSE(expected.equal((per_rank_own[0] + per_rank_own[1]).to(summed_in)));
+    }
+  }
+}
+
 }  // namespace
 
 // The CPU multi-process tests need Gloo. CPU builds (CI) must have it: its absence fails there.
@@ -267,6 +312,106 @@ TEST_CASE("two Gloo processes train exactly as one process on the same global ba
   }
 }
 
+// In one process (a world of one: no collective) the reducer's buckets and what finish() returns:
+// bucket membership is visible as views sharing one buffer.
+TEST_CASE("gradient buckets hold one dtype: the gradients' own, or fp32 on request", "[unit][distributed]") {
+  auto comm = Communicator::create(DistributedEnvironment{}, {}, at::kCPU);
+  REQUIRE_OK(comm);
+  // Creation order; the reducer fills buckets from the last. 64 bytes: 32 bf16 or 16 fp32 elements.
+  const std::vector<std::tuple<std::string, at::ScalarType, int64_t>> specs = {
+      {"unused", at::kBFloat16, 3}, {"a", at::kBFloat16, 12}, {"b", at::kBFloat16, 8},
+      {"c", at::kFloat, 4},         {"d", at::kBFloat16, 8}, {"e", at::kBFloat16, 8}};
+  for (const BucketDtype bucket_dtype : {BucketDtype::kGradient, BucketDtype::kFloat32}) {
+    const bool fp32 = bucket_dtype == BucketDtype::kFloat32;
+    DYNAMIC_SECTION((fp32 ? "fp32 buckets" : "the gradients' dtype")) {
+      std::vector<std::pair<std::string, at::Tensor>> params;
+      for (const auto& [name, type, numel] : specs) {
+        params.emplace_back(name, at::zeros({numel}, at::TensorOptions().dtype(type)).requires_grad_(true));
+      }
+      GradientReducer reducer(**comm, params, 64, bucket_dtype);
+      at::manual_seed(3);
+      std::vector<std::vector<at::Tensor>> drawn(2, std::vector<at::Tensor>(params.size()));  // [micro][tensor]
+      for (int micro = 0; micro < 2; ++micro) {
+        if (micro == 1) reducer.arm();
+        for (size_t k = 1; k < params.size(); ++k) {  // all but "unused"
+          const at::Tensor& p = params[k].second;
+          drawn[micro][k] = at::randn(p.sizes(), at::kFloat).to(p.scalar_type());
+          (p * 1).backward(drawn[micro][k]);
+        }
+      }
+      auto reduced = reducer.finish();
+      REQUIRE_OK(reduced);
+      REQUIRE(reduced->size() == params.size());
+      for (size_t k = 1; k < params.size(); ++k) {
+        const at::Tensor& p = params[k].second;
+        INFO(params[k].first);
+        const at::Tensor& r = (*reduced)[k];
+        CHECK(r.sizes() == p.sizes());
+        if (fp32) {
+          // Each micro-batch's gradient widened, then summed in fp32 (not rounded to bf16).
+          CHECK(r.scalar_type() == at::kFloat);
+          CHECK(r.equal(drawn[0][k].to(at::kFloat) + drawn[1][k].to(at::kFloat)));
+        } else {
+          // Summed as autograd accumulates .grad: the same bf16 numbers as one process's.
+          CHECK(r.scalar_type() == p.scalar_type());
+          CHECK(r.equal(p.grad()));
+        }
+      }
+      const at::Tensor& unused = (*reduced)[0];
+      CHECK(unused.scalar_type() == (fp32 ? at::kFloat : at::kBFloat16));
+      CHECK(unused.abs().max().item<double>() == 0.0);
+      // Non-vacuity of the fp32 sums: bf16 accumulation rounds some of them.
+      if (fp32) CHECK_FALSE((*reduced)[1].equal(params[1].second.grad().to(at::kFloat)));
+
+      auto shares = [&](size_t i, size_t j) { return (*reduced)[i].is_alias_of((*reduced)[j]); };
+      const size_t a = 1, b = 2, c = 3, d = 4, e = 5;
+      CHECK(shares(e, d));  // 16 elements: within either cap
+      if (fp32) {
+        // One dtype throughout: c (fp32) joins b (bf16, widened) within 16 elements; a does not fit.
+        CHECK(shares(c, b));
+        CHECK_FALSE(shares(b, a));
+        CHECK_FALSE(shares(d, c));
+      } else {
+        // The dtype changes at c: a bucket of its own, though 32 bf16 elements would take more;
+        // b and a share one (20 elements: the cap is counted in bf16's 2 bytes, not fp32's 4).
+        CHECK_FALSE(shares(d, c));
+        CHECK_FALSE(shares(c, b));
+        CHECK(shares(b, a));
+      }
+    }
+  }
+}
+
+TEST_CASE("two Gloo processes sum gradients in their own dtype, or in fp32 on request", "[unit][distributed]") {
+  SKIP_WITHOUT_GLOO();
+  TempDir dir;
+  // fp16: a reduced dtype Gloo can sum, so that the dtype-keeping path runs over two processes.
+  SECTION("fp16 buckets") {
+    const std::string prefix = (dir / "f16").string();
+    require_success(run_world(2, {"--mode", "reducer", "--dtype", "f16"}, prefix), prefix);
+    require_reduced_sums(prefix, at::kHalf, /*fp32_buckets=*/false);
+  }
+  SECTION("fp32 buckets for fp16 gradients") {
+    const std::string prefix = (dir / "f16_fp32").string();
+    require_success(run_world(2, {"--mode", "reducer", "--dtype", "f16", "--fp32-reduce"}, prefix), prefix);
+    require_reduced_sums(prefix, at::kHalf, /*fp32_buckets=*/true);
+  }
+  SECTION("bf16 buckets") {
+    const std::string prefix = (dir / "bf16").string();
+    const RunResult r = run_world(2, {"--mode", "reducer", "--dtype", "bf16"}, prefix);
+    const std::string log = read_text(prefix + ".rank0.log");
+    if (r.exit_codes[0] != 0 && log.find("Invalid scalar type") != std::string::npos) {
+      // libtorch 1.13's ProcessGroupGloo has no bf16 (neither all-reduce nor broadcast): a bf16
+      // model cannot train over Gloo there at all. The bf16 sums are checked over NCCL below.
+      WARN("this libtorch's Gloo cannot all-reduce bf16 (\"Invalid scalar type\"): "
+           "bf16 reduction not checked on the CPU");
+      return;
+    }
+    require_success(r, prefix);
+    require_reduced_sums(prefix, at::kBFloat16, /*fp32_buckets=*/false);
+  }
+}
+
 // The same equivalence over NCCL on two GPUs, in bf16: the ranks' smaller GEMMs round differently
 // from one GPU's larger ones, so the tolerance is bf16's (a few ulps of 2^-8) instead of fp32's.
 TEST_CASE("two NCCL processes on two GPUs train as one GPU does, within bf16 rounding", "[cuda][distributed]") {
@@ -282,6 +427,8 @@ TEST_CASE("two NCCL processes on two GPUs train as one GPU does, within bf16 rou
       {"full", {"--mode", "full", "--steps", "5", "--accum", "2"}},
       {"full_zero1", {"--mode", "full", "--steps", "5", "--zero"}},
       {"lora_zero1", {"--mode", "lora", "--steps", "5", "--accum", "2", "--zero"}},
+      // The gradients summed in fp32 buckets instead of bf16 ones.
+      {"full_fp32_reduce", {"--mode", "full", "--steps", "5", "--accum", "2", "--fp32-reduce"}},
   };
   for (const auto& [name, case_args] : cases) {
     SECTION(name) {
@@ -297,6 +444,25 @@ TEST_CASE("two NCCL processes on two GPUs train as one GPU does, within bf16 rou
       // fine-tuning on the tiny random model may raise it, on one GPU as on two.)
       const Trajectory t = trajectory(two);
       CHECK(t.loss.back() != t.loss.front());
+    }
+  }
+}
+
+TEST_CASE("two NCCL processes sum bf16 gradients in bf16, or in fp32 on request", "[cuda][distributed]") {
+  SKIP_WITHOUT_CUDA();
+  if (at::detail::getCUDAHooks().getNumGPUs() < 2) {
+    WARN("one GPU: the two-GPU [cuda][distributed] test is skipped");
+    return;
+  }
+  TempDir dir;
+  for (const bool fp32 : {false, true}) {
+    DYNAMIC_SECTION((fp32 ? "fp32 buckets" : "bf16 buckets")) {
+      const std::string prefix = (dir / (fp32 ? "bf16_fp32" : "bf16")).string();
+      std::vector<std::string> args = {"--mode", "reducer", "--dtype", "bf16", "--device", "cuda"};
+      if (fp32) args.push_back("--fp32-reduce");
+      require_success(run_world(2, args, prefix), prefix);
+      CHECK_THAT(read_text(prefix + ".rank0.log"), Catch::Contains("backend nccl"));
+      require_reduced_sums(prefix, at::kBFloat16, fp32);
     }
   }
 }
