@@ -119,13 +119,15 @@ if [[ $part == *,dist,* ]]; then
   (cd "$snap" && build-gpu/tests/temper_tests "[cuda][distributed]" -r compact > "$out/logs/dist_tests.log" 2>&1; \
    echo "dist tests exit $?"); tail -3 "$out/logs/dist_tests.log"
   b="$snap/build-gpu/bench"
-  for args in "--shape 1b --mode lora" "--shape 1b --mode full" "--shape 1b --mode full --zero"; do
-    if [[ $args != *--zero* ]]; then
-      "$b/train_bench" $args --steps 8 2>> "$out/logs/dist_bench.log" | tee -a "$out/dist_bench.jsonl"
-    fi
+  # DIST_RUNS="--shape 1b --mode full;..." picks the argument sets (default: LoRA, full, full + ZeRO-1).
+  IFS=';' read -r -a dist_runs <<< "${DIST_RUNS:---shape 1b --mode lora;--shape 1b --mode full;--shape 1b --mode full --zero}"
+  for args in "${dist_runs[@]}"; do
     "$snap/tools/temper-launch" --nproc 2 -- "$b/train_bench" $args --steps 8 2>> "$out/logs/dist_bench.log" \
       | tee -a "$out/dist_bench.jsonl"
     echo "launch exit ${PIPESTATUS[0]}"
+    if [[ $args != *--zero* ]]; then
+      "$b/train_bench" $args --steps 8 2>> "$out/logs/dist_bench.log" | tee -a "$out/dist_bench.jsonl"
+    fi
   done
 fi
 
