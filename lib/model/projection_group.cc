@@ -114,8 +114,7 @@ std::optional<at::Tensor> grouped_forward(std::initializer_list<const Linear*> m
   if (row != pw.size(0) || (!biases.empty() && biases.size() != group.size())) return std::nullopt;
   const bool bias_packed = !biases.empty() && biases_are_blocks;
   if (trained) {  // (an unpacked bias of a trained member returned above)
-    return grouped_linear(x, pw, biases.empty() ? at::Tensor() : packed.bias, weights,
-                          biases.empty() ? std::vector<at::Tensor>{} : biases);
+    return grouped_linear(x, pw, biases.empty() ? at::Tensor() : packed.bias, weights, biases);
   }
   const at::Tensor bias = biases.empty() ? at::Tensor()
                           : bias_packed  ? packed.bias.to(x.scalar_type())

@@ -100,17 +100,25 @@ TEST_CASE("packed SwiGLU kernels equal the two-tensor kernels bit for bit", "[cu
 }
 #endif
 
+namespace {
+
+// The same weights in an fp32 model on the GPU.
+Model fp32_copy_on_gpu(const Model& cpu, const ModelConfig& config) {
+  Model gpu = Model::random(config, {at::kFloat, at::kCUDA}).value();
+  at::NoGradGuard no_grad;
+  for (auto& [name, p] : gpu.named_parameters()) p.copy_(cpu.parameter(name).value());
+  return gpu;
+}
+
+}  // namespace
+
 TEST_CASE("a LoRA model packed on the GPU trains like the unpacked one on the CPU", "[cuda]") {
   SKIP_WITHOUT_CUDA();
   for (const ModelFamily family : {ModelFamily::kLlama, ModelFamily::kQwen2}) {
     INFO(model_family_name(family));
     const ModelConfig config = tiny_config(family);
     Model cpu = tiny_model(config, 43);
-    Model gpu = Model::random(config, {at::kFloat, at::kCUDA}).value();
-    {
-      at::NoGradGuard no_grad;
-      for (auto& [name, p] : gpu.named_parameters()) p.copy_(cpu.parameter(name).value());
-    }
+    Model gpu = fp32_copy_on_gpu(cpu, config);
     auto cpu_adapter = LoraAdapter::create(cpu);
     auto gpu_adapter = LoraAdapter::create(gpu);
     REQUIRE_OK(cpu_adapter);
@@ -154,11 +162,7 @@ TEST_CASE("full fine-tuning on the GPU (packed q/k/v, gate/up) follows the CPU (
     INFO(model_family_name(family));
     const ModelConfig config = tiny_config(family);
     Model cpu = tiny_model(config, 46);
-    Model gpu = Model::random(config, {at::kFloat, at::kCUDA}).value();
-    {
-      at::NoGradGuard no_grad;
-      for (auto& [name, p] : gpu.named_parameters()) p.copy_(cpu.parameter(name).value());
-    }
+    Model gpu = fp32_copy_on_gpu(cpu, config);
     std::vector<Batch> batches;
     for (int i = 0; i < 3; ++i) {
       const at::Tensor ids = random_ids(2, 12, config.vocab_size, 47 + i);
