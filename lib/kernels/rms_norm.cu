@@ -13,7 +13,7 @@
 // with no accumulator and no second kernel; its dx is the same per-row code.
 // Speed: where hidden is a multiple of the 16-byte pack width and the pointers are aligned (the
 // model's activations always are), every thread reads and writes whole packs (kPacked): with
-// 2-byte accesses the 1B model's [8192, 2048] rows ran at about a third of the memory bandwidth
+// 2-byte accesses the 1B model's [8192, 2048] rows ran at under a third of the memory bandwidth
 // (48 us forward, 82 us backward per call, docs/performance.md). A thread's columns are the same
 // in every row, so the dw accumulator stays owned column by column; it is read and written as
 // float4 (conflict-free shared memory access for packs of 4 or 8 columns).

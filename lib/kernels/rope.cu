@@ -19,8 +19,9 @@
 // is pack-aligned (the model's projections always are), a thread rotates one pack of pairs:
 // 16-byte loads of x[d..], x[d+h..], cos and sin, two 16-byte stores, and the (b, t, h) index
 // decoded once per pack in 32-bit arithmetic. The one-pair kernel (2-byte accesses, four 64-bit
-// divisions per pair) took 1.6 ms for the 32 forward calls of a 1B step (q and k of 16 layers,
-// about 100 MB each way per layer: under a third of the memory bandwidth; docs/performance.md). Both kernels compute each element by the same expression
+// divisions per pair) took 1.6 ms for the 32 forward calls of a 1B step (q and k of 16 layers:
+// 84 MB read and written per layer in 100 us, under a fifth of the memory bandwidth;
+// docs/performance.md). Both kernels compute each element by the same expression
 // (rotate_pair), so they agree bit for bit.
 #include "kernels/rope.cuh"
 #include "kernels/float_convert.cuh"
