@@ -676,6 +676,10 @@ typedef struct temper_trainer_options {
                                                  CUDA model, Gloo for a CPU one; default 0 */
   int32_t shard_optimizer_state;            /**< ZeRO-1 with distributed; default 0 */
   int64_t distributed_timeout_ms;           /**< rendezvous and each collective; default 600000 */
+  int32_t reduce_gradients_in_fp32;         /**< with distributed: sum gradients over ranks in fp32
+                                                 buckets instead of their own dtype (bf16 sums round
+                                                 once more; fp32 costs twice the bytes); default 0 */
+  int32_t reserved;                         /**< must be 0 */
 } temper_trainer_options;
 
 /** Fills *options with the defaults (see "Options structs"). Thread-safe. */

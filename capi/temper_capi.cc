@@ -494,6 +494,7 @@ void trainer_defaults(temper_trainer_options* o) {
   o->checkpoint_every = cpp.checkpoint_every;
   o->keep_last_checkpoints = cpp.keep_last_checkpoints;
   o->distributed_timeout_ms = temper::DistributedOptions{}.timeout.count();
+  o->reduce_gradients_in_fp32 = cpp.reduce_gradients_in_fp32 ? 1 : 0;
 }
 
 // ---- C options -> C++ options -----------------------------------------------------------------
@@ -1196,7 +1197,13 @@ int32_t temper_trainer_create(temper_trainer** trainer, temper_model* model, tem
       return invalid(str_cat("temper_trainer_options.distributed_timeout_ms is ", c->distributed_timeout_ms,
                              "; expected >= 1"));
     }
+    if (auto s = check_reserved(c->reserved, "temper_trainer_options.reserved"); !s.ok()) return fail(s);
+    if (c->reduce_gradients_in_fp32 != 0 && c->reduce_gradients_in_fp32 != 1) {
+      return invalid(str_cat("temper_trainer_options.reduce_gradients_in_fp32 is ", c->reduce_gradients_in_fp32,
+                             "; expected 0 or 1"));
+    }
     cpp.shard_optimizer_state = c->shard_optimizer_state != 0;
+    cpp.reduce_gradients_in_fp32 = c->reduce_gradients_in_fp32 == 1;
     if (c->distributed == 1) {
       temper::DistributedOptions dist;
       dist.timeout = std::chrono::milliseconds(c->distributed_timeout_ms);

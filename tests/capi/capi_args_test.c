@@ -443,6 +443,14 @@ int main(int argc, char** argv) {
   to.max_steps = 100;
   to.distributed = 2;
   CHECK_NULL_ARG("distributed", temper_trainer_create(&out_trainer, model, mixer, adapter, &to));
+  to.distributed = 0;
+  CHECK(to.reduce_gradients_in_fp32 == 0); /* the default: buckets in the gradients' dtype */
+  to.reduce_gradients_in_fp32 = 2;
+  CHECK_NULL_ARG("reduce_gradients_in_fp32", temper_trainer_create(&out_trainer, model, mixer, adapter, &to));
+  to.reduce_gradients_in_fp32 = 0;
+  to.reserved = 7;
+  CHECK_NULL_ARG("reserved", temper_trainer_create(&out_trainer, model, mixer, adapter, &to));
+  to.reserved = 0;
   to.distributed = 1;
   to.distributed_timeout_ms = 0;
   CHECK_NULL_ARG("distributed_timeout_ms", temper_trainer_create(&out_trainer, model, mixer, adapter, &to));
