@@ -262,6 +262,22 @@ StatusOr<Trainer> Trainer::create(Model& model, BatchSource& data, const Trainer
       if (options.gradient_bucket_bytes < 1) {
         return absl::InvalidArgumentError("Trainer: gradient_bucket_bytes must be >= 1");
       }
+      // Gloo (data parallelism on CPUs) cannot move bf16 in some libtorch builds (1.13: "Invalid
+      // scalar type"). Asked once with one element on every rank (all hold the same model), so
+      // that such a model ends here with a status that says so, not with a failed broadcast that
+      // seems to blame another rank.
+      if (comm.backend_name() == "gloo") {
+        for (auto& [name, p] : impl->trainable) {
+          if (p.scalar_type() != at::kBFloat16) continue;
+          at::Tensor probe = at::zeros({1}, at::TensorOptions().dtype(at::kBFloat16));
+          if (const Status reduced = comm.all_reduce_sum(probe); !reduced.ok()) {
+            return absl::UnimplementedError(
+                str_cat("Trainer: ", name, " is bf16, and this libtorch's Gloo backend (data parallelism on CPUs) "
+                        "cannot reduce bf16 (", std::string(reduced.message()), "); train in fp32 on CPUs, or in bf16 on GPUs (NCCL)"));
+          }
+          break;
+        }
+      }
       impl->comm = &comm;
       impl->rank = comm.rank();
       impl->world = comm.world_size();

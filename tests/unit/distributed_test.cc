@@ -548,6 +548,22 @@ TEST_CASE("a rendezvous that not every rank reaches times out with DEADLINE_EXCE
   CHECK(seconds < 60);
 }
 
+TEST_CASE("a bf16 model over a Gloo without bf16 ends with UNIMPLEMENTED on every rank", "[unit][distributed]") {
+  SKIP_WITHOUT_GLOO();
+  TempDir dir;
+  const std::string prefix = (dir / "bf16_gloo").string();
+  const RunResult r = run_world(2, {"--mode", "full", "--steps", "1", "--dtype", "bf16"}, prefix);
+  if (r.exit_codes[0] == 0 && r.exit_codes[1] == 0) {
+    WARN("this libtorch's Gloo reduces bf16: the model trained, nothing to refuse");
+    return;
+  }
+  for (int rank = 0; rank < 2; ++rank) {
+    INFO(read_text(prefix + ".rank" + std::to_string(rank) + ".log"));
+    CHECK(r.exit_codes[rank] - 10 == static_cast<int>(absl::StatusCode::kUnimplemented));
+  }
+  CHECK_THAT(read_text(prefix + ".rank0.log"), Catch::Contains("cannot reduce bf16"));
+}
+
 TEST_CASE("ranks given different data stop with FAILED_PRECONDITION before any update", "[unit][distributed]") {
   SKIP_WITHOUT_GLOO();
   TempDir dir;
