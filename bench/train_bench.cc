@@ -334,7 +334,8 @@ int main(int argc, char** argv) {
     times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - last).count());
     // The profiler works on this thread's ops (autograd's device threads inherit its state).
     try {
-      if (profile && times.size() == kWarmup) {
+      // With several ranks only rank 0 profiles (every rank still runs the extra step).
+      if (profile && env->rank == 0 && times.size() == kWarmup) {
         start_profiler();
         profiling = true;
       } else if (profiling) {

@@ -20,7 +20,8 @@
 #   PART=dist      (two GPUs: kind nvidia-h200-x2) the [cuda][distributed] tests (NCCL, bf16
 #                  equivalence with one GPU), then data-parallel scaling: train_bench 1B LoRA and
 #                  full fine-tuning on one GPU and on two through tools/temper-launch (same per-GPU
-#                  batch), full fine-tuning also with ZeRO-1 (--zero)
+#                  batch), full fine-tuning also with ZeRO-1 (--zero); DIST_RUNS picks the runs,
+#                  DIST_PROFILE=1 first profiles rank 0 of a two-GPU full fine-tuning step
 #   PART=losscurve bench/loss_curve.py: temper's and transformers (+ PEFT)'s loss curves on the same
 #                  tokens and initial adapter, LoRA and full fine-tuning, fp32 (needs data/corpora carried)
 # PART may list several, comma-separated. Results go to $OUT (few files: logs are tarred).
@@ -119,6 +120,13 @@ if [[ $part == *,dist,* ]]; then
   (cd "$snap" && build-gpu/tests/temper_tests "[cuda][distributed]" -r compact > "$out/logs/dist_tests.log" 2>&1; \
    echo "dist tests exit $?"); tail -3 "$out/logs/dist_tests.log"
   b="$snap/build-gpu/bench"
+  # DIST_PROFILE=1: first, one profiled step of rank 0 in a two-GPU 1B full fine-tuning run
+  # (train_bench --profile: per-op device time and where the device idles) to dist_profile.jsonl.
+  if [[ ${DIST_PROFILE:-0} == 1 ]]; then
+    "$snap/tools/temper-launch" --nproc 2 -- "$b/train_bench" --shape 1b --mode full --steps 4 --profile \
+      2>> "$out/logs/dist_bench.log" > "$out/dist_profile.jsonl"
+    echo "profile launch exit $?"; grep '"profile_summary"\|"profile_idle"' "$out/dist_profile.jsonl" | cut -c1-300
+  fi
   # DIST_RUNS="--shape 1b --mode full;..." picks the argument sets (default: LoRA, full, full + ZeRO-1).
   IFS=';' read -r -a dist_runs <<< "${DIST_RUNS:---shape 1b --mode lora;--shape 1b --mode full;--shape 1b --mode full --zero}"
   for args in "${dist_runs[@]}"; do
