@@ -114,6 +114,13 @@ void start_profiler() {
   prof::enableProfiler(config, activities);
 }
 
+// The ATen op that launched a device event (by its linked correlation id), or the kernel's own
+// name marked "(no op)" for kernels launched outside any op.
+std::string launching_op(const prof::KinetoEvent& e, const std::unordered_map<uint64_t, std::string>& op_names) {
+  const auto op = op_names.find(e.linkedCorrelationId());
+  return op != op_names.end() ? op->second : "(no op) " + e.name();
+}
+
 // Where the device idles within the profiled step: the kernels' busy intervals merged on the
 // profiler's clock, the lead from the step's first host op to its first kernel, and the largest
 // gaps between kernels, each with the ops that launched the kernels on either side and how late
@@ -157,10 +164,8 @@ void report_gaps(const prof::ProfilerResult& result, const std::unordered_map<ui
   for (const prof::KinetoEvent& e : result.events()) {
     if (e.deviceType() != c10::DeviceType::CUDA) continue;
     const double start = temper::compat::profiler_event_start_us(e);
-    const auto op = op_names.find(e.linkedCorrelationId());
     const auto op_start = op_starts.find(e.linkedCorrelationId());
-    spans.push_back({start, start + temper::compat::profiler_event_duration_us(e),
-                     op != op_names.end() ? op->second : "(no op) " + e.name(),
+    spans.push_back({start, start + temper::compat::profiler_event_duration_us(e), launching_op(e, op_names),
                      op_start != op_starts.end() ? op_start->second : std::nan("")});
   }
   if (spans.empty()) return;
@@ -223,8 +228,7 @@ void report_profile(const prof::ProfilerResult& result, double step_wall_s) {
     if (e.deviceType() != c10::DeviceType::CUDA) continue;
     const double us = temper::compat::profiler_event_duration_us(e);
     const uint64_t link = e.linkedCorrelationId();
-    const auto op = op_names.find(link);
-    Stat& s = by_op[op != op_names.end() ? op->second : "(no op) " + e.name()];
+    Stat& s = by_op[launching_op(e, op_names)];
     s.calls.insert(link);
     s.kernels += 1;
     s.device_us += us;

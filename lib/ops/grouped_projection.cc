@@ -120,8 +120,6 @@ class GroupedLinearFunction : public torch::autograd::Function<GroupedLinearFunc
     ctx->save_for_backward({x});
     ctx->saved_data["group"] = c10::IValue::make_capsule(group);
     ctx->saved_data["weight_version"] = static_cast<int64_t>(w._version());
-    ctx->saved_data["members"] = static_cast<int64_t>(weights.size());
-    ctx->saved_data["biases"] = static_cast<int64_t>(biases.size());
     auto sizes = x.sizes().vec();
     sizes.back() = y2.size(1);
     return y2.view(sizes);
@@ -132,8 +130,9 @@ class GroupedLinearFunction : public torch::autograd::Function<GroupedLinearFunc
     auto group = c10::static_intrusive_pointer_cast<LinearGroupHolder>(ctx->saved_data["group"].toCapsule());
     TORCH_CHECK(static_cast<int64_t>(group->weight._version()) == ctx->saved_data["weight_version"].toInt(),
                 "grouped_linear: the packed weight was modified in place between the forward and the backward");
-    const auto n = static_cast<size_t>(ctx->saved_data["members"].toInt());
-    const auto nb = static_cast<size_t>(ctx->saved_data["biases"].toInt());
+    // grouped_linear takes a bias per member exactly when the packed bias is defined.
+    const size_t n = group->outs.size();
+    const size_t nb = group->bias.defined() ? n : 0;
     const at::Tensor g2 = rows(grads[0]);  // [N, S]
     tensor_list out(1 + n + nb + 1);
     if (ctx->needs_input_grad(0)) out[0] = at::mm(g2, group->weight).view(x.sizes());  // [N, in]
@@ -146,8 +145,8 @@ class GroupedLinearFunction : public torch::autograd::Function<GroupedLinearFunc
     int64_t row = 0;
     for (size_t i = 0; i < n; ++i) {
       const int64_t out_i = group->outs[i];
-      if (need_w && ctx->needs_input_grad(1 + i)) out[1 + i] = dw.narrow(0, row, out_i);
-      if (need_b && ctx->needs_input_grad(1 + n + i)) out[1 + n + i] = db.narrow(0, row, out_i);
+      if (ctx->needs_input_grad(1 + i)) out[1 + i] = dw.narrow(0, row, out_i);
+      if (nb > 0 && ctx->needs_input_grad(1 + n + i)) out[1 + n + i] = db.narrow(0, row, out_i);
       row += out_i;
     }
     return out;

@@ -329,7 +329,6 @@ TEST_CASE("a packed model trains its full weights like the unpacked one", "[unit
     DecoderLayer& layer = packed.impl().layers[1];
     REQUIRE(layer.packed_qkv.weight.defined());
     CHECK(layer.packed_qkv.bias.defined() == (family == ModelFamily::kQwen2));
-    const at::Tensor ids = random_ids(2, 11, config.vocab_size, 24);
     std::vector<Batch> batches;
     for (int i = 0; i < 3; ++i) batches.push_back({random_ids(2, 11, config.vocab_size, 25 + i), {}, {}, {}});
     for (Batch& b : batches) b.labels = b.input_ids;
