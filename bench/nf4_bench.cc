@@ -122,28 +122,43 @@ cudaError_t launch_raw(const temper::QuantState& s, at::Tensor& out, temper::Nf4
 // Every launch shape of the vector path, batched, against the same-timing copy.
 int sweep(const char* device, const temper::QuantState& state, at::Tensor& out, int64_t rows, int64_t cols,
           double bytes, double copy_gbps, std::optional<double> nominal) {
-  for (int chunks : {1, 2, 4, 8}) {
+  std::vector<temper::Nf4DequantTuning> shapes;
+  for (int chunks : {1, 2, 4, 8, 16}) {
     for (int threads : {128, 256, 512, 1024}) {
       for (bool streaming : {false, true}) {
-        const temper::Nf4DequantTuning tuning{chunks, threads, streaming};
-        if (const cudaError_t err = launch_raw(state, out, tuning); err != cudaSuccess) {
-          std::fprintf(stderr, "nf4 dequantize sweep %d/%d/%d: %s\n", chunks, threads, streaming,
-                       cudaGetErrorString(err));
-          return 1;
+        // 16 chunks in registers were measured slower (docs/performance.md); bulk stores stage
+        // the block's bf16 tile (16 bytes per chunk; two tiles on a persistent grid) in at most
+        // 48 KiB of shared memory, and a persistent grid keeps at most 2048 threads per SM.
+        const int tile = threads * chunks * 16;
+        if (chunks < 16) shapes.push_back({chunks, threads, streaming, false, 0});
+        if (tile <= 48 * 1024) shapes.push_back({chunks, threads, streaming, true, 0});
+        for (int blocks_per_sm : {2, 4, 8, 16}) {
+          if (2 * tile <= 48 * 1024 && threads * blocks_per_sm <= 2048) {
+            shapes.push_back({chunks, threads, streaming, true, blocks_per_sm});
+          }
         }
-        const double ms = median_ms([&] { (void)launch_raw(state, out, tuning); }, kBatch);
-        const double gbps = bytes / (ms * 1e-3) / 1e9;
-        const std::optional<double> of_nominal = nominal ? std::optional<double>(gbps / *nominal) : std::nullopt;
-        std::printf("{\"bench\":\"nf4\",\"device\":\"%s\",\"op\":\"dequantize_kernel_sweep\",\"timing\":\"batched\","
-                    "\"shape\":[%lld,%lld],\"double_quant\":%s,\"chunks_per_thread\":%d,\"threads\":%d,"
-                    "\"streaming_stores\":%s,\"median_ms\":%.4f,\"gb_per_s\":%.1f,\"fraction_of_copy\":%.3f,"
-                    "\"fraction_of_nominal\":%s}\n",
-                    device, static_cast<long long>(rows), static_cast<long long>(cols),
-                    state.double_quant() ? "true" : "false", chunks, threads, streaming ? "true" : "false", ms, gbps,
-                    gbps / copy_gbps, json_number_or_null(of_nominal, "%.3f").c_str());
-        std::fflush(stdout);
       }
     }
+  }
+  for (const temper::Nf4DequantTuning& tuning : shapes) {
+    if (const cudaError_t err = launch_raw(state, out, tuning); err != cudaSuccess) {
+      std::fprintf(stderr, "nf4 dequantize sweep %d/%d/%d/%d/%d: %s\n", tuning.chunks_per_thread, tuning.threads,
+                   tuning.streaming_stores, tuning.bulk_stores, tuning.blocks_per_sm, cudaGetErrorString(err));
+      return 1;
+    }
+    const double ms = median_ms([&] { (void)launch_raw(state, out, tuning); }, kBatch);
+    const double gbps = bytes / (ms * 1e-3) / 1e9;
+    const std::optional<double> of_nominal = nominal ? std::optional<double>(gbps / *nominal) : std::nullopt;
+    std::printf("{\"bench\":\"nf4\",\"device\":\"%s\",\"op\":\"dequantize_kernel_sweep\",\"timing\":\"batched\","
+                "\"shape\":[%lld,%lld],\"double_quant\":%s,\"chunks_per_thread\":%d,\"threads\":%d,"
+                "\"streaming_stores\":%s,\"bulk_stores\":%s,\"blocks_per_sm\":%d,\"median_ms\":%.4f,"
+                "\"gb_per_s\":%.1f,\"fraction_of_copy\":%.3f,\"fraction_of_nominal\":%s}\n",
+                device, static_cast<long long>(rows), static_cast<long long>(cols),
+                state.double_quant() ? "true" : "false", tuning.chunks_per_thread, tuning.threads,
+                tuning.streaming_stores ? "true" : "false", tuning.bulk_stores ? "true" : "false",
+                tuning.blocks_per_sm, ms, gbps,
+                gbps / copy_gbps, json_number_or_null(of_nominal, "%.3f").c_str());
+    std::fflush(stdout);
   }
   // The sweep ends on another shape: the default again, so later rows time what the library runs.
   return launch_raw(state, out) == cudaSuccess ? 0 : 1;

@@ -16,6 +16,8 @@
 #include "kernels/nf4.cuh"
 #include "kernels/float_convert.cuh"
 
+#include <algorithm>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -118,6 +120,7 @@ __global__ void nf4_dequantize_kernel(T* __restrict__ out, const uint8_t* __rest
 // one absmax. kStreaming stores with st.global.cs (evict-first); which launch shape is fastest
 // is measured by nf4_bench's sweep, and Nf4DequantTuning's defaults hold the winner.
 constexpr int kChunkValues = 8;
+constexpr int64_t kMaxBulkTileBytes = 48 * 1024;
 
 template <int kVectors, bool kStreaming>
 __device__ __forceinline__ void store_chunk(uint4* dst, const uint4* src) {
@@ -166,6 +169,96 @@ __global__ void __launch_bounds__(1024)
   }
 }
 
+// The same decoding with the stores handed to the Tensor Memory Accelerator (sm_90+): a thread
+// block decodes a tile of blockDim.x * kChunks chunks into shared memory (lane-consecutive
+// 16-byte stores, conflict-free for bf16/fp16), and one thread writes the whole tile with a
+// single bulk copy (cp.async.bulk), so the SM issues one store instruction per tile instead of
+// one per 16 bytes. The block waits only until a copy has read shared memory
+// (wait_group.read), never for the global write. Chunks of a tile are strided by blockDim.x, so
+// every warp-wide code load still covers 128 contiguous bytes. With fewer blocks than tiles
+// (a persistent grid) each block loops over tiles and alternates two tile buffers, so decoding
+// tile i+1 overlaps the copy of tile i. kEvictFirst attaches an L2 evict-first policy to the
+// copies. Below sm_90 the kernel compiles to plain per-thread stores (the launcher refuses it).
+template <typename T, typename Absmax, int kChunks, bool kEvictFirst>
+__global__ void __launch_bounds__(1024)
+    nf4_dequantize8_bulk_kernel(T* __restrict__ out, const uint8_t* __restrict__ packed, Absmax absmax,
+                                const float* __restrict__ levels, int64_t chunks, int blocksize_shift) {
+  extern __shared__ uint4 tiles[];  // [1 or 2][blockDim.x * kChunks * kVectors]
+  __shared__ float lut[16];
+  if (threadIdx.x < 16) lut[threadIdx.x] = levels[threadIdx.x];
+  __syncthreads();
+  constexpr int kVectors = static_cast<int>(sizeof(T)) / 2;
+  const int64_t per_tile = static_cast<int64_t>(blockDim.x) * kChunks;
+  const int64_t tile_count = (chunks + per_tile - 1) / per_tile;
+  int parity = 0;
+  for (int64_t t = blockIdx.x; t < tile_count; t += gridDim.x, parity ^= 1) {
+    const int64_t first = t * per_tile;
+    uint4* tile = tiles + parity * per_tile * kVectors;
+    uint32_t words[kChunks];
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const int64_t chunk = first + static_cast<int64_t>(c) * blockDim.x + threadIdx.x;
+      words[c] = chunk < chunks ? __ldg(reinterpret_cast<const uint32_t*>(packed) + chunk) : 0u;
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (t >= blockIdx.x + 2 * static_cast<int64_t>(gridDim.x)) {
+      // This buffer's previous copy (two tiles ago) must have read it; the last copy may run on.
+      if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory");
+      __syncthreads();
+    }
+#endif
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const int64_t local = static_cast<int64_t>(c) * blockDim.x + threadIdx.x;
+      if (first + local >= chunks) break;
+      const float scale = absmax(((first + local) * kChunkValues) >> blocksize_shift);
+      alignas(16) T values[kChunkValues];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const uint32_t byte = (words[c] >> (8 * k)) & 0xffu;
+        values[2 * k] = from_float<T>(lut[byte >> 4] * scale);
+        values[2 * k + 1] = from_float<T>(lut[byte & 15] * scale);
+      }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      store_chunk<kVectors, false>(tile + local * kVectors, reinterpret_cast<const uint4*>(values));
+#else
+      (void)tile;
+      store_chunk<kVectors, false>(reinterpret_cast<uint4*>(out) + (first + local) * kVectors,
+                                   reinterpret_cast<const uint4*>(values));
+#endif
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // Generic-proxy writes to shared memory must be made visible to the async proxy (the TMA)
+    // by every writing thread before the barrier that hands the tile to the issuing thread.
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const auto bytes = static_cast<uint32_t>(min(per_tile, chunks - first) * kVectors * 16);
+      const auto src = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
+      T* dst = out + first * kChunkValues;
+      if constexpr (kEvictFirst) {
+        uint64_t policy;
+        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+        asm volatile("cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;"
+                     :
+                     : "l"(dst), "r"(src), "r"(bytes), "l"(policy)
+                     : "memory");
+      } else {
+        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
+                     :
+                     : "l"(dst), "r"(src), "r"(bytes)
+                     : "memory");
+      }
+      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    }
+#endif
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Shared memory must outlive the copies' reads of it; the global writes may still be in flight.
+  if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+#endif
+}
+
 int log2_exact(int64_t v) {
   int shift = 0;
   while ((int64_t{1} << shift) < v) ++shift;
@@ -175,23 +268,43 @@ int log2_exact(int64_t v) {
 bool valid_tuning(const Nf4DequantTuning& t) {
   const int c = t.chunks_per_thread;
   const bool chunks = c == 1 || c == 2 || c == 4 || c == 8 || c == 16;
-  return chunks && t.threads >= 32 && t.threads <= 1024 && t.threads % 32 == 0;
+  // A persistent grid (blocks_per_sm > 0) only for the bulk-store kernel, which loops over tiles.
+  const bool grid = t.blocks_per_sm == 0 || (t.bulk_stores && t.blocks_per_sm > 0 && t.blocks_per_sm <= 32);
+  return chunks && grid && t.threads >= 32 && t.threads <= 1024 && t.threads % 32 == 0;
 }
 
 template <typename T, typename Absmax, int kChunks, bool kStreaming>
-void launch_vector(unsigned grid, int threads, T* out, const uint8_t* packed, Absmax absmax, const float* levels,
+void launch_direct(unsigned grid, int threads, T* out, const uint8_t* packed, Absmax absmax, const float* levels,
                    int64_t chunks, int shift, cudaStream_t stream) {
   nf4_dequantize8_kernel<T, Absmax, kChunks, kStreaming>
       <<<grid, threads, 0, stream>>>(out, packed, absmax, levels, chunks, shift);
 }
 
+// grid < tiles: a persistent grid, each block double-buffers its tiles.
+template <typename T, typename Absmax, int kChunks, bool kEvictFirst>
+void launch_bulk(unsigned grid, int64_t tiles, int threads, T* out, const uint8_t* packed, Absmax absmax,
+                 const float* levels, int64_t chunks, int shift, cudaStream_t stream) {
+  const size_t tile_bytes = static_cast<size_t>(threads) * kChunks * kChunkValues * sizeof(T);
+  nf4_dequantize8_bulk_kernel<T, Absmax, kChunks, kEvictFirst>
+      <<<grid, threads, grid < tiles ? 2 * tile_bytes : tile_bytes, stream>>>(out, packed, absmax, levels, chunks,
+                                                                              shift);
+}
+
 template <typename T, typename Absmax, int kChunks>
-void launch_vector(bool streaming, unsigned grid, int threads, T* out, const uint8_t* packed, Absmax absmax,
+void launch_vector(const Nf4DequantTuning& tuning, unsigned grid, T* out, const uint8_t* packed, Absmax absmax,
                    const float* levels, int64_t chunks, int shift, cudaStream_t stream) {
-  if (streaming) {
-    launch_vector<T, Absmax, kChunks, true>(grid, threads, out, packed, absmax, levels, chunks, shift, stream);
+  const int threads = tuning.threads;
+  if (tuning.bulk_stores) {
+    const int64_t tiles = (chunks + int64_t{threads} * kChunks - 1) / (int64_t{threads} * kChunks);
+    if (tuning.streaming_stores) {
+      launch_bulk<T, Absmax, kChunks, true>(grid, tiles, threads, out, packed, absmax, levels, chunks, shift, stream);
+    } else {
+      launch_bulk<T, Absmax, kChunks, false>(grid, tiles, threads, out, packed, absmax, levels, chunks, shift, stream);
+    }
+  } else if (tuning.streaming_stores) {
+    launch_direct<T, Absmax, kChunks, true>(grid, threads, out, packed, absmax, levels, chunks, shift, stream);
   } else {
-    launch_vector<T, Absmax, kChunks, false>(grid, threads, out, packed, absmax, levels, chunks, shift, stream);
+    launch_direct<T, Absmax, kChunks, false>(grid, threads, out, packed, absmax, levels, chunks, shift, stream);
   }
 }
 
@@ -214,15 +327,34 @@ cudaError_t launch_dequantize(T* out, const uint8_t* packed, Absmax absmax, cons
   const int64_t per_block = int64_t{tuning.threads} * tuning.chunks_per_thread;
   const int64_t grid64 = (chunks + per_block - 1) / per_block;
   if (grid64 > 0x7fffffff) return cudaErrorInvalidValue;
-  const auto grid = static_cast<unsigned>(grid64);
+  auto grid = static_cast<unsigned>(grid64);
   const int shift = log2_exact(blocksize);
-  const bool cs = tuning.streaming_stores;
+  if (tuning.bulk_stores) {
+    int device = 0, major = 0, sms = 0;
+    if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
+    if (const cudaError_t err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+        err != cudaSuccess) {
+      return err;
+    }
+    if (const cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+        err != cudaSuccess) {
+      return err;
+    }
+    if (tuning.blocks_per_sm > 0) grid = static_cast<unsigned>(std::min<int64_t>(grid64, int64_t{sms} * tuning.blocks_per_sm));
+    // The tile (two when the grid is persistent) lives in shared memory: at most the 48 KiB a
+    // launch gets without opting in. The bulk copy needs the Tensor Memory Accelerator (sm_90+).
+    const int64_t buffers = grid < grid64 ? 2 : 1;
+    if (buffers * per_block * kChunkValues * static_cast<int64_t>(sizeof(T)) > kMaxBulkTileBytes) {
+      return cudaErrorInvalidValue;
+    }
+    if (major < 9) return cudaErrorNotSupported;
+  }
   switch (tuning.chunks_per_thread) {
-    case 1: launch_vector<T, Absmax, 1>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream); break;
-    case 2: launch_vector<T, Absmax, 2>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream); break;
-    case 4: launch_vector<T, Absmax, 4>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream); break;
-    case 8: launch_vector<T, Absmax, 8>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream); break;
-    default: launch_vector<T, Absmax, 16>(cs, grid, tuning.threads, out, packed, absmax, levels, chunks, shift, stream);
+    case 1: launch_vector<T, Absmax, 1>(tuning, grid, out, packed, absmax, levels, chunks, shift, stream); break;
+    case 2: launch_vector<T, Absmax, 2>(tuning, grid, out, packed, absmax, levels, chunks, shift, stream); break;
+    case 4: launch_vector<T, Absmax, 4>(tuning, grid, out, packed, absmax, levels, chunks, shift, stream); break;
+    case 8: launch_vector<T, Absmax, 8>(tuning, grid, out, packed, absmax, levels, chunks, shift, stream); break;
+    default: launch_vector<T, Absmax, 16>(tuning, grid, out, packed, absmax, levels, chunks, shift, stream);
   }
   return cudaGetLastError();
 }

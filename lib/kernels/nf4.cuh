@@ -18,11 +18,18 @@ cudaError_t launch_nf4_quantize(uint8_t* packed, float* absmax, const T* w, int6
 // output is written with evict-first stores. chunks_per_thread 0 (the default) takes what
 // nf4_bench's sweep measured fastest on an H200 (docs/performance.md): 2 chunks x 128 threads for
 // fp32 absmax, 4 x 256 for double-quantized absmax, streaming stores for both. Other values are
-// for that sweep. An invalid shape: cudaErrorInvalidValue.
+// for that sweep. bulk_stores stages each thread block's output tile (threads x chunks x 8
+// values) in shared memory and writes it with one Tensor Memory Accelerator bulk copy (sm_90+;
+// with streaming_stores the copy carries an L2 evict-first policy); blocks_per_sm > 0 (bulk
+// stores only, at most 32) caps the grid at that many blocks per SM, each looping over tiles
+// with two buffers. The tile (or both buffers) must fit 48 KiB. An invalid shape:
+// cudaErrorInvalidValue; bulk stores below sm_90: cudaErrorNotSupported.
 struct Nf4DequantTuning {
   int chunks_per_thread = 0;
   int threads = 0;
   bool streaming_stores = true;
+  bool bulk_stores = false;
+  int blocks_per_sm = 0;
 };
 
 // packed [ceil(n/2)], absmax [ceil(n/blocksize)] fp32, levels [16] fp32 -> out [n].

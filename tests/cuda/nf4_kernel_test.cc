@@ -127,4 +127,90 @@ TEST_CASE("every dequantize launch shape matches the CPU reference bit for bit",
                                 at::cuda::getCurrentCUDAStream(), bad) == cudaErrorInvalidValue);
   }
 }
+
+// The raw launcher for `state` (on the GPU) into `out` (fp32 or bf16 [n], on the GPU).
+template <typename T>
+cudaError_t dequantize_into(const QuantState& state, at::Tensor& out, Nf4DequantTuning tuning) {
+  T* dst = reinterpret_cast<T*>(out.data_ptr());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (state.double_quant()) {
+    return launch_nf4_dequantize_nested(dst, state.packed.data_ptr<uint8_t>(), state.absmax.data_ptr<uint8_t>(),
+                                        state.nested_quant_map.data_ptr<float>(),
+                                        state.nested_absmax.data_ptr<float>(), static_cast<float>(state.nested_offset),
+                                        state.quant_map.data_ptr<float>(), state.numel(), state.blocksize,
+                                        state.nested_blocksize, stream, tuning);
+  }
+  return launch_nf4_dequantize(dst, state.packed.data_ptr<uint8_t>(), state.absmax.data_ptr<float>(),
+                               state.quant_map.data_ptr<float>(), state.numel(), state.blocksize, stream, tuning);
+}
+
+cudaError_t dequantize_into(const QuantState& state, at::Tensor& out, Nf4DequantTuning tuning) {
+  return out.scalar_type() == at::kFloat ? dequantize_into<float>(state, out, tuning)
+                                         : dequantize_into<__nv_bfloat16>(state, out, tuning);
+}
+
+// The bulk-store kernel (Tensor Memory Accelerator copies of a shared-memory tile) for every tile
+// that fits, in fp32 (two 16-byte vectors per chunk) and bf16, with fp32 and double-quantized
+// absmax, including sizes whose last block copies a partial tile; below sm_90 it is refused.
+TEST_CASE("bulk-store dequantize matches the CPU reference bit for bit", "[cuda]") {
+  SKIP_WITHOUT_CUDA();
+  at::manual_seed(11);
+  const bool tma = at::cuda::getCurrentDeviceProperties()->major >= 9;
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  std::vector<Nf4DequantTuning> shapes;
+  for (int chunks : {1, 4, 16}) {
+    for (int threads : {32, 128, 1024}) {
+      for (bool streaming : {false, true}) {
+        for (int blocks_per_sm : {0, 1, 3}) shapes.push_back({chunks, threads, streaming, true, blocks_per_sm});
+      }
+    }
+  }
+  for (int64_t n : {int64_t{8}, int64_t{64 * 1000}, int64_t{64 * 4099}}) {
+    const at::Tensor w = at::randn({n}) * at::rand({n}) * 3;
+    auto plain = Nf4Quantizer::quantize(w, Nf4Options{64, false});
+    auto nested = Nf4Quantizer::quantize(w, Nf4Options{64, true});
+    REQUIRE_OK(plain);
+    REQUIRE_OK(nested);
+    for (const QuantState* cpu : {&*plain, &*nested}) {
+      QuantState gpu = *cpu;
+      for (at::Tensor* t : {&gpu.packed, &gpu.absmax, &gpu.quant_map, &gpu.nested_absmax, &gpu.nested_quant_map}) {
+        if (t->defined()) *t = t->cuda();
+      }
+      for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+        auto ref = Nf4Quantizer::dequantize(*cpu, dtype);
+        REQUIRE_OK(ref);
+        for (const Nf4DequantTuning& tuning : shapes) {
+          // A persistent grid smaller than the tile count double-buffers its tiles.
+          const int64_t per_tile = int64_t{tuning.threads} * tuning.chunks_per_thread;
+          const int64_t tiles = (n / 8 + per_tile - 1) / per_tile;
+          const bool looping = tuning.blocks_per_sm > 0 && sms * tuning.blocks_per_sm < tiles;
+          const bool fits = (looping ? 2 : 1) * per_tile * 8 * at::elementSize(dtype) <= 48 * 1024;
+          INFO("n " << n << " double quant " << cpu->double_quant() << " " << c10::toString(dtype) << " chunks "
+                    << tuning.chunks_per_thread << " threads " << tuning.threads << " streaming "
+                    << tuning.streaming_stores << " blocks per SM " << tuning.blocks_per_sm);
+          at::Tensor out = at::full({n}, 7.0, at::TensorOptions().dtype(dtype).device(at::kCUDA));
+          const cudaError_t err = dequantize_into(gpu, out, tuning);
+          if (!fits) {
+            CHECK(err == cudaErrorInvalidValue);
+          } else if (!tma) {
+            CHECK(err == cudaErrorNotSupported);
+          } else {
+            REQUIRE(err == cudaSuccess);
+            CHECK(at::equal(out.cpu(), *ref));
+          }
+        }
+      }
+    }
+  }
+  // A persistent grid is the bulk-store kernel's alone, and at most 32 blocks per SM.
+  at::Tensor out = at::empty({64}, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
+  const at::Tensor packed = at::zeros({32}, at::TensorOptions().dtype(at::kByte).device(at::kCUDA));
+  const at::Tensor absmax = at::ones({1}, at::TensorOptions().device(at::kCUDA));
+  for (const Nf4DequantTuning bad : {Nf4DequantTuning{4, 256, false, false, 2}, Nf4DequantTuning{4, 256, false, true, 33},
+                                     Nf4DequantTuning{4, 256, false, true, -1}}) {
+    CHECK(launch_nf4_dequantize(reinterpret_cast<__nv_bfloat16*>(out.data_ptr()), packed.data_ptr<uint8_t>(),
+                                absmax.data_ptr<float>(), absmax.data_ptr<float>(), 64, 64,
+                                at::cuda::getCurrentCUDAStream(), bad) == cudaErrorInvalidValue);
+  }
+}
 #endif
