@@ -360,9 +360,13 @@ TEST_CASE("a packed model trains its full weights like the unpacked one", "[unit
     // The updates went through the views into the packed tensors, and match the plain model's.
     const auto want = plain.named_parameters();
     const auto got = packed.named_parameters();
+    // 1e-4: the packed GEMMs sum in another order, and AdamW divides each gradient by its own
+    // magnitude, so a rounding difference in a near-zero gradient entry (a bias) becomes a
+    // visible difference in its update (1.06e-5 seen on an AMD EPYC's OpenBLAS); a wrong row
+    // block or a missed update is off by O(1).
     for (size_t i = 0; i < want.size(); ++i) {
       INFO(want[i].first);
-      CHECK(rel_err(got[i].second, want[i].second) < 1e-5);
+      CHECK(rel_err(got[i].second, want[i].second) < 1e-4);
     }
     CHECK(at::equal(layer.packed_qkv.weight.narrow(0, 0, layer.q.weight.size(0)), layer.q.weight));
     CHECK(at::equal(layer.packed_gate_up.weight.narrow(0, layer.gate.weight.size(0), layer.up.weight.size(0)),
