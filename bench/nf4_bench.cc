@@ -1,5 +1,6 @@
 // NF4 kernel benchmark on the GPU: dequantize (bf16 out) of the weight shapes QLoRA meets most
-// (4096x11008: a 7B MLP projection; 8192x8192), with and without double quantization, against a
+// (4096x11008: a 7B MLP projection; 8192x8192; and 16384x16384, long enough that a launch's
+// ramp-up and drain vanish), with and without double quantization, against a
 // device-to-device copy of the same output size (the practical HBM ceiling on this GPU), and
 // quantize speed. One JSON line per measurement; median of 50 timed runs after 5 warm-ups,
 // timed with CUDA events.
@@ -18,7 +19,8 @@
 // (from cudaDeviceGetAttribute: CUDA 13 dropped memoryClockRate from cudaDeviceProp), or null
 // where the device does not report them.
 //
-//   nf4_bench [--sweep]
+//   nf4_bench [--sweep]    --sweep: every launch shape of the dequantize kernel's vector path
+//                          (register or bulk stores, grids; lib/kernels/nf4.cuh), batched.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -174,7 +176,10 @@ int main(int argc, char** argv) {
               "\"nominal_gb_per_s\":%s}\n",
               prop.name, clock_khz, bus_bits, json_number_or_null(nominal, "%.1f").c_str());
   const int calls[2] = {1, kBatch};
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {{4096, 11008}, {11008, 4096}, {8192, 8192}};
+  // The shapes (7B MLP, both ways, and 8192 x 8192; 30-45 us per call on an H200, so a
+  // launch's ramp-up and drain are a few percent of it), then a 512 MiB output where they are
+  // under 1%: the kernels' steady-state bandwidth.
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{4096, 11008}, {11008, 4096}, {8192, 8192}, {16384, 16384}};
   for (const auto& [rows, cols] : shapes) {
     const double n = static_cast<double>(rows * cols);
     const at::Tensor w = at::randn({rows, cols}, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
