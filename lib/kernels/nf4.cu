@@ -308,6 +308,33 @@ void launch_vector(const Nf4DequantTuning& tuning, unsigned grid, T* out, const 
   }
 }
 
+// An attribute of the current device.
+cudaError_t device_attribute(cudaDeviceAttr attribute, int* value) {
+  int device = 0;
+  if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
+  return cudaDeviceGetAttribute(value, attribute, device);
+}
+
+// chunks_per_thread 0: the launch shape nf4_bench's sweeps measured fastest (docs/performance.md).
+// sm_90 and later (NVIDIA H100 sweep, 2026-12-07): bulk stores, 2 chunks x 128 threads for fp32
+// absmax and 4 x 128 for double-quantized absmax, 0.5-3% above the best register-store shape.
+// Before sm_90 (no TMA): the register-store shapes an H200 sweep picked before bulk stores
+// existed (2 x 128 and 4 x 256); not measured on such a device.
+cudaError_t resolve_default(Nf4DequantTuning* tuning, bool nested_absmax) {
+  if (tuning->chunks_per_thread != 0) return cudaSuccess;
+  int major = 0;
+  if (const cudaError_t err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major); err != cudaSuccess) {
+    return err;
+  }
+  const bool streaming = tuning->streaming_stores;
+  if (major >= 9) {
+    *tuning = Nf4DequantTuning{nested_absmax ? 4 : 2, 128, streaming, true, 0};
+  } else {
+    *tuning = nested_absmax ? Nf4DequantTuning{4, 256, streaming} : Nf4DequantTuning{2, 128, streaming};
+  }
+  return cudaSuccess;
+}
+
 template <typename T, typename Absmax>
 cudaError_t launch_dequantize(T* out, const uint8_t* packed, Absmax absmax, const float* levels, int64_t n,
                               int64_t blocksize, const Nf4DequantTuning& tuning, cudaStream_t stream) {
@@ -330,16 +357,11 @@ cudaError_t launch_dequantize(T* out, const uint8_t* packed, Absmax absmax, cons
   auto grid = static_cast<unsigned>(grid64);
   const int shift = log2_exact(blocksize);
   if (tuning.bulk_stores) {
-    int device = 0, major = 0, sms = 0;
-    if (const cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
-    if (const cudaError_t err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-        err != cudaSuccess) {
+    int major = 0, sms = 0;
+    if (const cudaError_t err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major); err != cudaSuccess) {
       return err;
     }
-    if (const cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-        err != cudaSuccess) {
-      return err;
-    }
+    if (const cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms); err != cudaSuccess) return err;
     if (tuning.blocks_per_sm > 0) grid = static_cast<unsigned>(std::min<int64_t>(grid64, int64_t{sms} * tuning.blocks_per_sm));
     // The tile (two when the grid is persistent) lives in shared memory: at most the 48 KiB a
     // launch gets without opting in. The bulk copy needs the Tensor Memory Accelerator (sm_90+).
@@ -379,7 +401,7 @@ template <typename T>
 cudaError_t launch_nf4_dequantize(T* out, const uint8_t* packed, const float* absmax, const float* levels, int64_t n,
                                   int64_t blocksize, cudaStream_t stream, Nf4DequantTuning tuning) {
   if (n <= 0 || !valid_blocksize(blocksize)) return cudaErrorInvalidValue;
-  if (tuning.chunks_per_thread == 0) tuning = Nf4DequantTuning{2, 128, tuning.streaming_stores};
+  if (const cudaError_t err = resolve_default(&tuning, false); err != cudaSuccess) return err;
   return launch_dequantize(out, packed, PlainAbsmax{absmax}, levels, n, blocksize, tuning, stream);
 }
 
@@ -393,7 +415,7 @@ cudaError_t launch_nf4_dequantize_nested(T* out, const uint8_t* packed, const ui
     return cudaErrorInvalidValue;
   }
   const NestedAbsmax absmax{absmax_codes, nested_map, nested_absmax, offset, log2_exact(nested_blocksize)};
-  if (tuning.chunks_per_thread == 0) tuning = Nf4DequantTuning{4, 256, tuning.streaming_stores};
+  if (const cudaError_t err = resolve_default(&tuning, true); err != cudaSuccess) return err;
   return launch_dequantize(out, packed, absmax, levels, n, blocksize, tuning, stream);
 }
 

@@ -16,9 +16,10 @@ cudaError_t launch_nf4_quantize(uint8_t* packed, float* absmax, const T* w, int6
 // The dequantize kernel's launch shape where n % 8 == 0 (its vector path): 8-value chunks per
 // thread (1, 2, 4, 8 or 16), threads per block (a multiple of 32, at most 1024), and whether the
 // output is written with evict-first stores. chunks_per_thread 0 (the default) takes what
-// nf4_bench's sweep measured fastest on an H200 (docs/performance.md): 2 chunks x 128 threads for
-// fp32 absmax, 4 x 256 for double-quantized absmax, streaming stores for both. Other values are
-// for that sweep. bulk_stores stages each thread block's output tile (threads x chunks x 8
+// nf4_bench's sweeps measured fastest (docs/performance.md): on sm_90 and later bulk stores with
+// 2 chunks x 128 threads for fp32 absmax and 4 x 128 for double-quantized absmax (an H100 sweep);
+// before sm_90 register stores, 2 x 128 and 4 x 256 (an H200 sweep made before bulk stores);
+// evict-first for all. Other values are for that sweep. bulk_stores stages each thread block's output tile (threads x chunks x 8
 // values) in shared memory and writes it with one Tensor Memory Accelerator bulk copy (sm_90+;
 // with streaming_stores the copy carries an L2 evict-first policy); blocks_per_sm > 0 (bulk
 // stores only, at most 32) caps the grid at that many blocks per SM, each looping over tiles

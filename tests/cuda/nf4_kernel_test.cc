@@ -158,7 +158,7 @@ TEST_CASE("bulk-store dequantize matches the CPU reference bit for bit", "[cuda]
   const bool tma = at::cuda::getCurrentDeviceProperties()->major >= 9;
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   std::vector<Nf4DequantTuning> shapes;
-  for (int chunks : {1, 4, 16}) {
+  for (int chunks : {1, 2, 4, 16}) {  // 2 x 128 and 4 x 128: the defaults on sm_90+
     for (int threads : {32, 128, 1024}) {
       for (bool streaming : {false, true}) {
         for (int blocks_per_sm : {0, 1, 3}) shapes.push_back({chunks, threads, streaming, true, blocks_per_sm});
