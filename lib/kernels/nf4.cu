@@ -12,7 +12,8 @@
 // nf4_dequantize_blocks_reference in lib/quant/nf4_ops.cc; parity test tests/cuda/nf4_kernel_test.cc.
 // Dequantization takes 8-value chunks (4-byte loads, 16-byte stores, warp-coalesced) when
 // n % 8 == 0 and the pointers are aligned, else one byte per thread; with double quantization the absmax decode
-// is fused into the same kernel (no fp32 absmax array is materialised).
+// is fused into the same kernel (no fp32 absmax array is materialised). On sm_90+ the default
+// writes each thread block's chunks through a shared-memory tile and one TMA bulk copy.
 #include "kernels/nf4.cuh"
 #include "kernels/float_convert.cuh"
 
