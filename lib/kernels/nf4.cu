@@ -18,6 +18,7 @@
 #include "kernels/float_convert.cuh"
 
 #include <algorithm>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -135,6 +136,18 @@ __device__ __forceinline__ void store_chunk(uint4* dst, const uint4* src) {
   }
 }
 
+// One chunk's 8 values from its 4 code bytes: byte k of the (little-endian) word holds value 2k
+// in its high nibble and value 2k + 1 in its low nibble.
+template <typename T>
+__device__ __forceinline__ void decode_chunk(uint32_t word, float scale, const float* lut, T* values) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t byte = (word >> (8 * k)) & 0xffu;
+    values[2 * k] = from_float<T>(lut[byte >> 4] * scale);
+    values[2 * k + 1] = from_float<T>(lut[byte & 15] * scale);
+  }
+}
+
 // __launch_bounds__(1024): every launch shape the tuning allows must fit in registers.
 template <typename T, typename Absmax, int kChunks, bool kStreaming>
 __global__ void __launch_bounds__(1024)
@@ -158,12 +171,7 @@ __global__ void __launch_bounds__(1024)
     if (chunk >= chunks) break;
     const float scale = absmax((chunk * kChunkValues) >> blocksize_shift);
     alignas(16) T values[kChunkValues];
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const uint32_t byte = (words[c] >> (8 * k)) & 0xffu;  // little endian: byte k of the word
-      values[2 * k] = from_float<T>(lut[byte >> 4] * scale);
-      values[2 * k + 1] = from_float<T>(lut[byte & 15] * scale);
-    }
+    decode_chunk(words[c], scale, lut, values);
     constexpr int kVectors = static_cast<int>(sizeof(T)) / 2;  // 8 values x sizeof(T) bytes / 16 bytes
     store_chunk<kVectors, kStreaming>(reinterpret_cast<uint4*>(out) + chunk * kVectors,
                                       reinterpret_cast<const uint4*>(values));
@@ -214,12 +222,7 @@ __global__ void __launch_bounds__(1024)
       if (first + local >= chunks) break;
       const float scale = absmax(((first + local) * kChunkValues) >> blocksize_shift);
       alignas(16) T values[kChunkValues];
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const uint32_t byte = (words[c] >> (8 * k)) & 0xffu;
-        values[2 * k] = from_float<T>(lut[byte >> 4] * scale);
-        values[2 * k + 1] = from_float<T>(lut[byte & 15] * scale);
-      }
+      decode_chunk(words[c], scale, lut, values);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
       store_chunk<kVectors, false>(tile + local * kVectors, reinterpret_cast<const uint4*>(values));
 #else
@@ -321,24 +324,22 @@ cudaError_t device_attribute(cudaDeviceAttr attribute, int* value) {
 // absmax and 4 x 128 for double-quantized absmax, 0.5-3% above the best register-store shape.
 // Before sm_90 (no TMA): the register-store shapes an H200 sweep picked before bulk stores
 // existed (2 x 128 and 4 x 256); not measured on such a device.
-cudaError_t resolve_default(Nf4DequantTuning* tuning, bool nested_absmax) {
-  if (tuning->chunks_per_thread != 0) return cudaSuccess;
-  int major = 0;
-  if (const cudaError_t err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major); err != cudaSuccess) {
-    return err;
-  }
-  const bool streaming = tuning->streaming_stores;
-  if (major >= 9) {
-    *tuning = Nf4DequantTuning{nested_absmax ? 4 : 2, 128, streaming, true, 0};
-  } else {
-    *tuning = nested_absmax ? Nf4DequantTuning{4, 256, streaming} : Nf4DequantTuning{2, 128, streaming};
-  }
-  return cudaSuccess;
+Nf4DequantTuning resolve_default(Nf4DequantTuning tuning, bool nested_absmax, int major) {
+  if (tuning.chunks_per_thread != 0) return tuning;
+  const bool streaming = tuning.streaming_stores;
+  if (major >= 9) return Nf4DequantTuning{nested_absmax ? 4 : 2, 128, streaming, true, 0};
+  return nested_absmax ? Nf4DequantTuning{4, 256, streaming} : Nf4DequantTuning{2, 128, streaming};
 }
 
 template <typename T, typename Absmax>
 cudaError_t launch_dequantize(T* out, const uint8_t* packed, Absmax absmax, const float* levels, int64_t n,
-                              int64_t blocksize, const Nf4DequantTuning& tuning, cudaStream_t stream) {
+                              int64_t blocksize, Nf4DequantTuning tuning, cudaStream_t stream) {
+  // One query of the device per call (this runs in every QLoRA linear's forward and backward).
+  int major = 0;
+  if (const cudaError_t err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major); err != cudaSuccess) {
+    return err;
+  }
+  tuning = resolve_default(tuning, std::is_same_v<Absmax, NestedAbsmax>, major);
   if (!valid_tuning(tuning)) return cudaErrorInvalidValue;
   const bool vector = n % kChunkValues == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(packed) % 4 == 0;
@@ -358,12 +359,13 @@ cudaError_t launch_dequantize(T* out, const uint8_t* packed, Absmax absmax, cons
   auto grid = static_cast<unsigned>(grid64);
   const int shift = log2_exact(blocksize);
   if (tuning.bulk_stores) {
-    int major = 0, sms = 0;
-    if (const cudaError_t err = device_attribute(cudaDevAttrComputeCapabilityMajor, &major); err != cudaSuccess) {
-      return err;
+    if (tuning.blocks_per_sm > 0) {
+      int sms = 0;
+      if (const cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms); err != cudaSuccess) {
+        return err;
+      }
+      grid = static_cast<unsigned>(std::min<int64_t>(grid64, int64_t{sms} * tuning.blocks_per_sm));
     }
-    if (const cudaError_t err = device_attribute(cudaDevAttrMultiProcessorCount, &sms); err != cudaSuccess) return err;
-    if (tuning.blocks_per_sm > 0) grid = static_cast<unsigned>(std::min<int64_t>(grid64, int64_t{sms} * tuning.blocks_per_sm));
     // The tile (two when the grid is persistent) lives in shared memory: at most the 48 KiB a
     // launch gets without opting in. The bulk copy needs the Tensor Memory Accelerator (sm_90+).
     const int64_t buffers = grid < grid64 ? 2 : 1;
@@ -402,7 +404,6 @@ template <typename T>
 cudaError_t launch_nf4_dequantize(T* out, const uint8_t* packed, const float* absmax, const float* levels, int64_t n,
                                   int64_t blocksize, cudaStream_t stream, Nf4DequantTuning tuning) {
   if (n <= 0 || !valid_blocksize(blocksize)) return cudaErrorInvalidValue;
-  if (const cudaError_t err = resolve_default(&tuning, false); err != cudaSuccess) return err;
   return launch_dequantize(out, packed, PlainAbsmax{absmax}, levels, n, blocksize, tuning, stream);
 }
 
@@ -416,7 +417,6 @@ cudaError_t launch_nf4_dequantize_nested(T* out, const uint8_t* packed, const ui
     return cudaErrorInvalidValue;
   }
   const NestedAbsmax absmax{absmax_codes, nested_map, nested_absmax, offset, log2_exact(nested_blocksize)};
-  if (const cudaError_t err = resolve_default(&tuning, true); err != cudaSuccess) return err;
   return launch_dequantize(out, packed, absmax, levels, n, blocksize, tuning, stream);
 }
 

@@ -19,12 +19,14 @@ cudaError_t launch_nf4_quantize(uint8_t* packed, float* absmax, const T* w, int6
 // nf4_bench's sweeps measured fastest (docs/performance.md): on sm_90 and later bulk stores with
 // 2 chunks x 128 threads for fp32 absmax and 4 x 128 for double-quantized absmax (an H100 sweep);
 // before sm_90 register stores, 2 x 128 and 4 x 256 (an H200 sweep made before bulk stores);
-// evict-first for all. Other values are for that sweep. bulk_stores stages each thread block's output tile (threads x chunks x 8
-// values) in shared memory and writes it with one Tensor Memory Accelerator bulk copy (sm_90+;
-// with streaming_stores the copy carries an L2 evict-first policy); blocks_per_sm > 0 (bulk
-// stores only, at most 32) caps the grid at that many blocks per SM, each looping over tiles
-// with two buffers. The tile (or both buffers) must fit 48 KiB. An invalid shape:
-// cudaErrorInvalidValue; bulk stores below sm_90: cudaErrorNotSupported.
+// evict-first for all. Other values are for that sweep.
+// bulk_stores stages each thread block's output tile (threads x chunks x 8 values) in shared
+// memory and writes it with one Tensor Memory Accelerator bulk copy (sm_90+; with
+// streaming_stores the copy carries an L2 evict-first policy). blocks_per_sm > 0 (bulk stores
+// only, at most 32) caps the grid at that many blocks per SM, each looping over tiles with two
+// buffers (measured slower than one tile per block; kept for the sweep). The tile, or both
+// buffers, must fit 48 KiB. An invalid shape: cudaErrorInvalidValue; bulk stores below sm_90:
+// cudaErrorNotSupported.
 struct Nf4DequantTuning {
   int chunks_per_thread = 0;
   int threads = 0;
