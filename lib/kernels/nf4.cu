@@ -284,26 +284,25 @@ void launch_direct(unsigned grid, int threads, T* out, const uint8_t* packed, Ab
       <<<grid, threads, 0, stream>>>(out, packed, absmax, levels, chunks, shift);
 }
 
-// grid < tiles: a persistent grid, each block double-buffers its tiles.
+// shared_bytes: one tile, or two on a persistent grid (launch_dequantize sizes and checks it).
 template <typename T, typename Absmax, int kChunks, bool kEvictFirst>
-void launch_bulk(unsigned grid, int64_t tiles, int threads, T* out, const uint8_t* packed, Absmax absmax,
+void launch_bulk(unsigned grid, int threads, size_t shared_bytes, T* out, const uint8_t* packed, Absmax absmax,
                  const float* levels, int64_t chunks, int shift, cudaStream_t stream) {
-  const size_t tile_bytes = static_cast<size_t>(threads) * kChunks * kChunkValues * sizeof(T);
   nf4_dequantize8_bulk_kernel<T, Absmax, kChunks, kEvictFirst>
-      <<<grid, threads, grid < tiles ? 2 * tile_bytes : tile_bytes, stream>>>(out, packed, absmax, levels, chunks,
-                                                                              shift);
+      <<<grid, threads, shared_bytes, stream>>>(out, packed, absmax, levels, chunks, shift);
 }
 
 template <typename T, typename Absmax, int kChunks>
-void launch_vector(const Nf4DequantTuning& tuning, unsigned grid, T* out, const uint8_t* packed, Absmax absmax,
-                   const float* levels, int64_t chunks, int shift, cudaStream_t stream) {
+void launch_vector(const Nf4DequantTuning& tuning, unsigned grid, size_t shared_bytes, T* out, const uint8_t* packed,
+                   Absmax absmax, const float* levels, int64_t chunks, int shift, cudaStream_t stream) {
   const int threads = tuning.threads;
   if (tuning.bulk_stores) {
-    const int64_t tiles = (chunks + int64_t{threads} * kChunks - 1) / (int64_t{threads} * kChunks);
     if (tuning.streaming_stores) {
-      launch_bulk<T, Absmax, kChunks, true>(grid, tiles, threads, out, packed, absmax, levels, chunks, shift, stream);
+      launch_bulk<T, Absmax, kChunks, true>(grid, threads, shared_bytes, out, packed, absmax, levels, chunks, shift,
+                                            stream);
     } else {
-      launch_bulk<T, Absmax, kChunks, false>(grid, tiles, threads, out, packed, absmax, levels, chunks, shift, stream);
+      launch_bulk<T, Absmax, kChunks, false>(grid, threads, shared_bytes, out, packed, absmax, levels, chunks, shift,
+                                             stream);
     }
   } else if (tuning.streaming_stores) {
     launch_direct<T, Absmax, kChunks, true>(grid, threads, out, packed, absmax, levels, chunks, shift, stream);
@@ -358,6 +357,7 @@ cudaError_t launch_dequantize(T* out, const uint8_t* packed, Absmax absmax, cons
   if (grid64 > 0x7fffffff) return cudaErrorInvalidValue;
   auto grid = static_cast<unsigned>(grid64);
   const int shift = log2_exact(blocksize);
+  size_t shared_bytes = 0;  // the bulk-store kernel's tile buffers
   if (tuning.bulk_stores) {
     if (tuning.blocks_per_sm > 0) {
       int sms = 0;
@@ -369,17 +369,17 @@ cudaError_t launch_dequantize(T* out, const uint8_t* packed, Absmax absmax, cons
     // The tile (two when the grid is persistent) lives in shared memory: at most the 48 KiB a
     // launch gets without opting in. The bulk copy needs the Tensor Memory Accelerator (sm_90+).
     const int64_t buffers = grid < grid64 ? 2 : 1;
-    if (buffers * per_block * kChunkValues * static_cast<int64_t>(sizeof(T)) > kMaxBulkTileBytes) {
-      return cudaErrorInvalidValue;
-    }
+    const int64_t bytes = buffers * per_block * kChunkValues * static_cast<int64_t>(sizeof(T));
+    if (bytes > kMaxBulkTileBytes) return cudaErrorInvalidValue;
     if (major < 9) return cudaErrorNotSupported;
+    shared_bytes = static_cast<size_t>(bytes);
   }
   switch (tuning.chunks_per_thread) {
-    case 1: launch_vector<T, Absmax, 1>(tuning, grid, out, packed, absmax, levels, chunks, shift, stream); break;
-    case 2: launch_vector<T, Absmax, 2>(tuning, grid, out, packed, absmax, levels, chunks, shift, stream); break;
-    case 4: launch_vector<T, Absmax, 4>(tuning, grid, out, packed, absmax, levels, chunks, shift, stream); break;
-    case 8: launch_vector<T, Absmax, 8>(tuning, grid, out, packed, absmax, levels, chunks, shift, stream); break;
-    default: launch_vector<T, Absmax, 16>(tuning, grid, out, packed, absmax, levels, chunks, shift, stream);
+    case 1: launch_vector<T, Absmax, 1>(tuning, grid, shared_bytes, out, packed, absmax, levels, chunks, shift, stream); break;
+    case 2: launch_vector<T, Absmax, 2>(tuning, grid, shared_bytes, out, packed, absmax, levels, chunks, shift, stream); break;
+    case 4: launch_vector<T, Absmax, 4>(tuning, grid, shared_bytes, out, packed, absmax, levels, chunks, shift, stream); break;
+    case 8: launch_vector<T, Absmax, 8>(tuning, grid, shared_bytes, out, packed, absmax, levels, chunks, shift, stream); break;
+    default: launch_vector<T, Absmax, 16>(tuning, grid, shared_bytes, out, packed, absmax, levels, chunks, shift, stream);
   }
   return cudaGetLastError();
 }
