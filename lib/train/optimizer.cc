@@ -126,7 +126,8 @@ void Optimizer::step(const std::vector<at::Tensor>& grads, double lr, double gra
   }
   ++steps_;
   at::NoGradGuard no_grad;
-  if (fused_ && step_fused(grads, lr, grad_scale)) return;
+  last_step_fused_ = fused_ && step_fused(grads, lr, grad_scale);
+  if (last_step_fused_) return;
   for (size_t i = 0; i < tensors_.size(); ++i) step_one(i, grads[i], lr, grad_scale);
 }
 

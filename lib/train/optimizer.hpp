@@ -46,6 +46,9 @@ class Optimizer {
 
   const std::vector<OptimizedTensor>& tensors() const { return tensors_; }
   int64_t steps_taken() const { return steps_; }
+  // Whether the last step() went through torch's fused multi-tensor kernel (false before the
+  // first step): lets tests and logs tell the paths apart, which compute the same update.
+  bool last_step_fused() const { return last_step_fused_; }
 
   // Moments under "<name><suffix>" for each of state_suffixes(): ".exp_avg" and ".exp_avg_sq"
   // (AdamW) or ".momentum_buffer" (SGD); the step count is saved by the caller.
@@ -74,6 +77,7 @@ class Optimizer {
     std::vector<at::Tensor> masters, exp_avg, exp_avg_sq;
   };
   bool fused_ = false;  // every tensor fits torch's fused path (grads permitting)
+  bool last_step_fused_ = false;
   FusedGroup group_[2];
   at::Tensor step_count_;  // [] fp32 on the tensors' device: steps_, which the kernel reads
 };

@@ -76,7 +76,10 @@ TEST_CASE("AdamW on CUDA matches the CPU reference step for step", "[cuda][optim
     reference.step(cpu_grads, lrs[t], grad_scales[t]);
     device.step(cuda_grads, lrs[t], grad_scales[t]);
   }
-  INFO("fused kernel in use: " << compat::fused_adamw_available(device.tensors()[0].master));
+  // fp32 masters that are their own parameters take torch's multi-tensor kernel wherever this
+  // libtorch has it: a silent fall-back to the per-tensor path would still pass the checks below.
+  CHECK(device.last_step_fused() == compat::fused_adamw_available(device.tensors()[0].master));
+  CHECK_FALSE(reference.last_step_fused());
   for (size_t i = 0; i < specs.size(); ++i) {
     INFO(specs[i].name);
     CHECK(device.tensors()[i].master.is_cuda());
@@ -133,6 +136,7 @@ TEST_CASE("AdamW on CUDA with bf16 parameters and fp32 masters matches the CPU o
     reference.step(cpu_grads, lrs[t], grad_scales[t]);
     device.step(cuda_grads, lrs[t], grad_scales[t]);
   }
+  CHECK_FALSE(device.last_step_fused());  // bf16 parameters: temper's kernel, tensor by tensor
   for (size_t i = 0; i < specs.size(); ++i) {
     INFO(specs[i].name);
     const OptimizedTensor& d = device.tensors()[i];
@@ -153,6 +157,33 @@ TEST_CASE("AdamW on CUDA with bf16 parameters and fp32 masters matches the CPU o
     INFO(a[i].first);
     CHECK(normwise_diff(a[i].second, b[i].second) <= 1e-5);
   }
+}
+
+TEST_CASE("AdamW on CUDA given one gradient tensor for two parameters scales it once for each", "[cuda][optimizer]") {
+  SKIP_WITHOUT_CUDA();
+  // torch's fused path scales gradients in place, which would scale a shared one twice; such a
+  // call must take the per-tensor path (scaled copies) and still match the CPU optimizer.
+  OptimizerOptions options;
+  options.weight_decay = 0.1;
+  at::manual_seed(2);
+  const at::Tensor init_a = at::randn({64, 8}), init_b = at::randn({64, 8});
+  Optimizer reference(options, {{"a", init_a.clone(), true}, {"b", init_b.clone(), false}});
+  Optimizer device(options, {{"a", init_a.to(at::kCUDA), true}, {"b", init_b.to(at::kCUDA), false}});
+  for (int t = 0; t < 3; ++t) {
+    const at::Tensor g = at::randn({64, 8}) * (t + 1);
+    const at::Tensor g_cuda = g.to(at::kCUDA);
+    reference.step({g, g}, 1e-2, 0.37);
+    device.step({g_cuda, g_cuda}, 1e-2, 0.37);
+    CHECK_FALSE(device.last_step_fused());
+  }
+  for (size_t i = 0; i < 2; ++i) {
+    INFO(device.tensors()[i].name);
+    CHECK(normwise_diff(device.tensors()[i].master, reference.tensors()[i].master) <= 1e-5);
+  }
+  CHECK(normwise_diff(reference.tensors()[0].master, init_a) > 1e-3);
+  // Distinct gradients at the same scale go through the fused kernel again.
+  device.step({at::randn({64, 8}, at::kCUDA), at::randn({64, 8}, at::kCUDA)}, 1e-2, 0.37);
+  CHECK(device.last_step_fused() == compat::fused_adamw_available(device.tensors()[0].master));
 }
 
 #ifdef TEMPER_WITH_CUDA

@@ -115,6 +115,7 @@ TEST_CASE("AdamW follows torch.optim.AdamW's update rule", "[unit]") {
   const std::vector<at::Tensor> g2 = {g2v, g2v};
   opt.step(g1, 0.1);
   opt.step(g2, 0.05);
+  CHECK_FALSE(opt.last_step_fused());  // CPU tensors take the per-tensor ATen path
   for (int decay = 0; decay < 2; ++decay) {
     for (int64_t i = 0; i < 3; ++i) {
       double p = start[i].item<double>(), m = 0, v = 0;
