@@ -15,6 +15,7 @@ GradientReducer::GradientReducer(Communicator& communicator, std::vector<std::pa
   views_.resize(n);
   bucket_of_.resize(n);
   arrived_.assign(n, false);
+  late_.assign(n, false);
   auto dtype_of = [&](size_t k) {
     return bucket_dtype == BucketDtype::kFloat32 ? at::kFloat : params_[k].second.scalar_type();
   };
@@ -51,7 +52,8 @@ GradientReducer::GradientReducer(Communicator& communicator, std::vector<std::pa
   }
   works_.resize(buckets_.size());
   for (size_t k = 0; k < n; ++k) {
-    hook_handles_.push_back(params_[k].second.register_hook([this, k](const at::Tensor& grad) { on_gradient(k, grad); }));
+    hook_handles_.push_back(
+        params_[k].second.register_hook([this, k](const at::Tensor& grad) { return on_gradient(k, grad); }));
   }
 }
 
@@ -62,9 +64,9 @@ GradientReducer::~GradientReducer() {
 void GradientReducer::arm() {
   std::lock_guard<std::mutex> lock(mutex_);
   armed_ = true;
-  refired_ = false;
   next_launch_ = 0;
   std::fill(arrived_.begin(), arrived_.end(), false);
+  std::fill(late_.begin(), late_.end(), false);
   for (Bucket& b : buckets_) {
     b.pending = b.members.size();
   }
@@ -76,17 +78,21 @@ void GradientReducer::reset() {
   armed_ = false;
 }
 
-void GradientReducer::on_gradient(size_t index, const at::Tensor& grad) {
+at::Tensor GradientReducer::on_gradient(size_t index, const at::Tensor& grad) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (!armed_ || !overlap_ || !error_.ok()) return;
+  if (!armed_ || !error_.ok()) return {};
+  at::NoGradGuard no_grad;
   if (arrived_[index]) {
-    refired_ = true;  // finish() reduces .grad instead
-    return;
+    // Its bucket holds the first sum and may be on the wire: autograd, which runs right after
+    // this hook, stores this gradient afresh in the cleared .grad (never into the bucket).
+    if (!late_[index]) params_[index].second.mutable_grad() = at::Tensor();
+    late_[index] = true;
+    return {};
   }
   arrived_[index] = true;
-  at::NoGradGuard no_grad;
   at::Tensor& view = views_[index];
   const at::Tensor& accumulated = params_[index].second.grad();  // earlier micro-batches of this step
+  at::Tensor replacement;
   if (accumulated.defined() && accumulated.scalar_type() == view.scalar_type() &&
       grad.scalar_type() == view.scalar_type()) {
     at::add_out(view, accumulated, grad);  // one pass, rounded as autograd's own accumulation
@@ -94,9 +100,13 @@ void GradientReducer::on_gradient(size_t index, const at::Tensor& grad) {
     view.copy_(accumulated).add_(grad);  // widened first: summed in the bucket's dtype (fp32)
   } else {
     view.copy_(grad);
+    // Autograd keeps a fresh view of the bucket as .grad (one it alone holds, which it adopts
+    // without a copy where the layout matches the tensor's), and the original is freed.
+    if (grad.scalar_type() == view.scalar_type()) replacement = view.view(view.sizes());
   }
   Bucket& bucket = buckets_[bucket_of_[index]];
   if (--bucket.pending == 0) launch_ready_locked();
+  return replacement;
 }
 
 void GradientReducer::launch_ready_locked() {
@@ -133,31 +143,33 @@ StatusOr<std::vector<at::Tensor>> GradientReducer::finish() {
     };
     // The first pass completes on every rank with the same launches in the same order.
     for (size_t b = next_launch_; b < buckets_.size() && error_.ok(); ++b) {
-      if (overlap_) {
-        for (size_t k : buckets_[b].members) {
-          if (!arrived_[k]) fill_from_grad(k);
-        }
-      } else {
-        for (size_t k : buckets_[b].members) fill_from_grad(k);
+      for (size_t k : buckets_[b].members) {
+        if (!arrived_[k]) fill_from_grad(k);
       }
       error_ = launch_locked(b);
       next_launch_ = b + 1;
     }
-    for (size_t b = 0; b < buckets_.size() && error_.ok(); ++b) {
-      if (works_[b]) error_ = comm.wait("gradient all-reduce", works_[b]);
+    // Then the late gradients of tensors whose hook fired again, in tensor order.
+    std::vector<std::pair<size_t, at::Tensor>> late;
+    for (size_t k = 0; k < params_.size() && error_.ok(); ++k) {
+      if (!late_[k]) continue;
+      std::vector<at::Tensor> tensors{params_[k].second.grad().to(views_[k].scalar_type()).contiguous()};
+      late.emplace_back(k, tensors[0]);
+      if (!comm.backend) continue;
+      auto started = comm.start(str_cat("gradient all-reduce (late gradients of \"", params_[k].first, "\")"),
+                                [&] { return comm.backend->allreduce(tensors); });
+      if (!started.ok()) {
+        error_ = started.status();
+        break;
+      }
+      works_.push_back(*std::move(started));
     }
-    if (error_.ok() && refired_) {
-      // A tensor took two gradients in one backward, so a bucket went out before its final
-      // value: reduce the complete .grad again, and from now on only after the backward.
-      overlap_ = false;
-      for (size_t k = 0; k < params_.size(); ++k) fill_from_grad(k);
-      for (size_t b = 0; b < buckets_.size() && error_.ok(); ++b) {
-        works_[b].reset();
-        error_ = launch_locked(b);
-      }
-      for (size_t b = 0; b < buckets_.size() && error_.ok(); ++b) {
-        if (works_[b]) error_ = comm.wait("gradient all-reduce", works_[b]);
-      }
+    for (size_t w = 0; w < works_.size() && error_.ok(); ++w) {
+      if (works_[w]) error_ = comm.wait("gradient all-reduce", works_[w]);
+    }
+    works_.resize(buckets_.size());
+    if (error_.ok()) {
+      for (auto& [k, sum] : late) views_[k].add_(sum);
     }
     if (!error_.ok()) return error_;
     return views_;

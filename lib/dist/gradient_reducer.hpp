@@ -16,9 +16,20 @@
 // bucket whose tensors are all in is all-reduced at once, provided every earlier bucket has been
 // launched: every rank launches the same collectives in the same order, whatever order its hooks
 // fire in. finish() launches the rest (a tensor that got no gradient contributes zeros), waits,
-// and returns the summed gradients as views of the buffers. A tensor whose hook fires twice in
-// one backward makes the reducer fall back to reducing .grad after the backward (correct,
-// without overlap).
+// and returns the summed gradients as views of the buffers.
+//
+// Memory: a gradient copied into its bucket would otherwise also stay in .grad until the step
+// ends, holding every gradient twice at the end of the backward. Where nothing was accumulated
+// before it (the step's only micro-batch) and the bucket has its dtype, the hook hands autograd
+// a view of the bucket as the gradient, which autograd keeps as .grad instead of the original
+// (as DDP's gradient_as_bucket_view): .grad is then the bucket, and the original is freed.
+// Callers drop every .grad before the next step's first backward (the Trainer does).
+//
+// A tensor whose hook fires again in the same backward (reached by two separate backward
+// passes, e.g. shared by two reentrant-checkpointed segments) has its first sum in a bucket that
+// may be on the wire already: the hook clears its .grad, so that autograd collects only the late
+// gradients there, and finish() sums those over ranks and adds them (one more all-reduce per
+// such tensor, in tensor order on every rank).
 #pragma once
 
 #include <mutex>
@@ -64,7 +75,9 @@ class GradientReducer {
     size_t pending = 0;           // members whose gradient has not arrived this backward
   };
 
-  void on_gradient(size_t index, const at::Tensor& grad);  // from autograd threads
+  // From autograd threads: the gradient autograd should keep instead of `grad` (the tensor's
+  // bucket view), or an undefined tensor for `grad` itself.
+  at::Tensor on_gradient(size_t index, const at::Tensor& grad);
   void launch_ready_locked();
   Status launch_locked(size_t bucket);
 
@@ -73,13 +86,12 @@ class GradientReducer {
   std::vector<at::Tensor> views_;      // per param: [shape] view into its bucket, in the bucket's dtype
   std::vector<size_t> bucket_of_;      // per param
   std::vector<bool> arrived_;          // per param, this backward
+  std::vector<bool> late_;             // per param, this backward: its hook fired again; .grad holds the rest
   std::vector<Bucket> buckets_;
   std::vector<c10::intrusive_ptr<c10d::Work>> works_;  // per bucket, this step
   std::vector<unsigned> hook_handles_;
   std::mutex mutex_;
   bool armed_ = false;
-  bool overlap_ = true;   // off for good once a hook fired twice in one backward
-  bool refired_ = false;  // a hook fired twice during this backward
   size_t next_launch_ = 0;
   Status error_;
 };

@@ -382,6 +382,81 @@ TEST_CASE("gradient buckets hold one dtype: the gradients' own, or fp32 on reque
   }
 }
 
+// In one process: a gradient with nothing accumulated before it reaches autograd as its bucket
+// view, so .grad is the bucket (each gradient held once, not twice), where the bucket has the
+// gradient's dtype; a tensor whose hook fires again in the same backward still gets the sum of
+// everything (to rounding: the late ones are summed apart).
+TEST_CASE("gradients stay in their buckets and late ones are added", "[unit][distributed]") {
+  auto comm = Communicator::create(DistributedEnvironment{}, {}, at::kCPU);
+  REQUIRE_OK(comm);
+  for (const BucketDtype bucket_dtype : {BucketDtype::kGradient, BucketDtype::kFloat32}) {
+    const bool fp32 = bucket_dtype == BucketDtype::kFloat32;
+    DYNAMIC_SECTION((fp32 ? "fp32 buckets" : "the gradients' dtype")) {
+      std::vector<std::pair<std::string, at::Tensor>> params = {
+          {"w", at::zeros({4, 3}).requires_grad_(true)},
+          {"v", at::zeros({10}, at::kBFloat16).requires_grad_(true)}};
+      GradientReducer reducer(**comm, params, 64, bucket_dtype);
+      at::manual_seed(5);
+      // One step of `micro` micro-batches (the last armed), each tensor reached `passes` times per
+      // micro-batch by separate backward passes; `expected` sums in autograd's order, in the
+      // bucket's dtype.
+      auto step = [&](int micro, int passes) {
+        for (auto& [name, p] : params) p.mutable_grad() = at::Tensor();  // as the Trainer does
+        std::vector<at::Tensor> expected(params.size());
+        for (int m = 0; m < micro; ++m) {
+          if (m + 1 == micro) reducer.arm();
+          for (int pass = 0; pass < passes; ++pass) {
+            for (size_t k = 0; k < params.size(); ++k) {
+              const at::Tensor& p = params[k].second;
+              const at::Tensor g = at::randn(p.sizes()).to(p.scalar_type());
+              (p * 1).backward(g);
+              const at::Tensor wide = fp32 ? g.to(at::kFloat) : g;
+              expected[k] = expected[k].defined() ? expected[k] + wide : wide;
+            }
+          }
+        }
+        auto reduced = reducer.finish();
+        REQUIRE_OK(reduced);
+        return std::make_pair(*reduced, expected);
+      };
+      auto aliases = [&](size_t k, const std::vector<at::Tensor>& reduced) {
+        const at::Tensor& g = params[k].second.grad();
+        return g.defined() && g.is_alias_of(reduced[k]);
+      };
+      {
+        INFO("one micro-batch: .grad is the bucket where the dtypes agree");
+        auto [reduced, expected] = step(1, 1);
+        CHECK(aliases(0, reduced));           // fp32 into an fp32 bucket either way
+        CHECK(aliases(1, reduced) == !fp32);  // bf16 into a bf16 bucket only
+        for (size_t k = 0; k < params.size(); ++k) CHECK(reduced[k].equal(expected[k]));
+      }
+      {
+        INFO("two micro-batches: .grad holds the first, the bucket the sum");
+        auto [reduced, expected] = step(2, 1);
+        for (size_t k = 0; k < params.size(); ++k) {
+          CHECK_FALSE(aliases(k, reduced));
+          if (!fp32) CHECK(reduced[k].equal(expected[k]));  // bf16 rounding of autograd's order
+          if (fp32 && k == 0) CHECK(reduced[k].equal(expected[k]));
+        }
+      }
+      for (const int micro : {1, 2}) {
+        INFO("each tensor reached three times in the armed backward, micro-batches: " << micro);
+        auto [reduced, expected] = step(micro, 3);
+        for (size_t k = 0; k < params.size(); ++k) {
+          INFO(params[k].first);
+          CHECK_FALSE(aliases(k, reduced));  // .grad holds the late gradients only
+          // Summed as first + (second + third), where autograd adds ((first + second) + third):
+          // equal to rounding in the dtype the late ones were summed in (bf16 for "v").
+          const double tol = k == 0 ? 1e-6 : 1e-2;
+          CHECK(at::allclose(reduced[k], expected[k], tol, tol));
+        }
+        // Not vacuous: the late gradients count (the first pass alone is far off).
+        CHECK_FALSE(at::allclose(reduced[0], expected[0] / 3, 1e-3, 1e-3));
+      }
+    }
+  }
+}
+
 TEST_CASE("two Gloo processes sum gradients in their own dtype, or in fp32 on request", "[unit][distributed]") {
   SKIP_WITHOUT_GLOO();
   TempDir dir;
