@@ -151,6 +151,7 @@ StatusOr<std::vector<at::Tensor>> GradientReducer::finish() {
     }
     // Then the late gradients of tensors whose hook fired again, in tensor order.
     std::vector<std::pair<size_t, at::Tensor>> late;
+    std::vector<c10::intrusive_ptr<c10d::Work>> late_works;
     for (size_t k = 0; k < params_.size() && error_.ok(); ++k) {
       if (!late_[k]) continue;
       std::vector<at::Tensor> tensors{params_[k].second.grad().to(views_[k].scalar_type()).contiguous()};
@@ -162,12 +163,14 @@ StatusOr<std::vector<at::Tensor>> GradientReducer::finish() {
         error_ = started.status();
         break;
       }
-      works_.push_back(*std::move(started));
+      late_works.push_back(*std::move(started));
     }
-    for (size_t w = 0; w < works_.size() && error_.ok(); ++w) {
-      if (works_[w]) error_ = comm.wait("gradient all-reduce", works_[w]);
+    for (size_t b = 0; b < buckets_.size() && error_.ok(); ++b) {
+      if (works_[b]) error_ = comm.wait("gradient all-reduce", works_[b]);
     }
-    works_.resize(buckets_.size());
+    for (size_t w = 0; w < late_works.size() && error_.ok(); ++w) {
+      error_ = comm.wait("gradient all-reduce (late gradients)", late_works[w]);
+    }
     if (error_.ok()) {
       for (auto& [k, sum] : late) views_[k].add_(sum);
     }
