@@ -63,7 +63,8 @@ class GradientReducer {
   void arm();
   // Completes the reduction. Returns, per tensor in the constructor's order, its gradient summed
   // over ranks (the tensor's shape, in its bucket's dtype: the tensor's own, or fp32 under
-  // BucketDtype::kFloat32; a view into the bucket, valid until the next arm()).
+  // BucketDtype::kFloat32; a view into the bucket, valid until the next arm()). The tensors'
+  // .grad afterwards is not the local gradient (it may be the bucket, or a late part only).
   StatusOr<std::vector<at::Tensor>> finish();
   // Disarms after a failed backward, so that the next step starts clean.
   void reset();
