@@ -3,6 +3,7 @@
 // median step time over steps 3..N, tokens/s, peak allocated GPU memory, MFU.
 //
 //   train_bench --shape 1b --mode lora|qlora|full --batch 4 --seq 2048 --steps 6 [--ckpt] [--profile] [--zero]
+//               [--local-reducer]
 // qlora: the decoder blocks' linear weights in NF4 with double quantization (bitsandbytes'
 // defaults, blocksize 64), LoRA as in lora mode.
 // --profile: one extra step, the third, runs under the Kineto profiler (CPU + CUDA activities)
@@ -17,6 +18,13 @@
 // each process drives GPU LOCAL_RANK through an NCCL Communicator; --batch stays the per-GPU
 // batch, so the global batch is world_size x batch and tokens/s counts every rank's tokens.
 // --zero shards the optimizer state. Rank 0 prints the line (with "world_size").
+//
+// --local-reducer (one process): the data-parallel step's own work without a second GPU. A
+// GradientReducer over the trained tensors, on a world of one (no collective), armed for every
+// step: its hooks copy each gradient into its bucket and hand autograd the bucket view as .grad,
+// as on two GPUs. Against the same run without it, step time and peak memory say what data
+// parallelism costs besides NCCL's transfers (and whether .grad really is the bucket: a kept
+// original would show as a higher peak).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -38,6 +46,7 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
+#include "dist/gradient_reducer.hpp"
 #include "ops/compat.hpp"
 #include "temper/distributed.hpp"
 #include "temper/lora_adapter.hpp"
@@ -280,6 +289,7 @@ int main(int argc, char** argv) {
   const int64_t steps = std::stoll(arg(argc, argv, "--steps", "6")) + (profile ? 1 : 0);
 
   const bool zero = flag(argc, argv, "--zero");
+  const bool local_reducer = flag(argc, argv, "--local-reducer");
 
   auto env = temper::DistributedEnvironment::from_environment();
   if (!env.ok()) {
@@ -287,6 +297,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   const int world = env->world_size;
+  if (local_reducer && world > 1) {
+    std::fprintf(stderr, "--local-reducer runs on one process (WORLD_SIZE is %d)\n", world);
+    return 1;
+  }
   const auto gpu = static_cast<c10::DeviceIndex>(env->local_rank);
   const at::Device device(at::kCUDA, gpu);
   c10::cuda::set_device(gpu);
@@ -333,7 +347,16 @@ int main(int argc, char** argv) {
   auto last = std::chrono::steady_clock::now();
   bool profiling = false;
   int exit_code = 0;
+  std::unique_ptr<temper::GradientReducer> reducer;  // --local-reducer
   options.on_step = [&](const temper::StepMetrics&) {
+    if (reducer != nullptr) {
+      // The step's reduction ends (nothing to wait for in a world of one); the next one's starts.
+      if (auto reduced = reducer->finish(); !reduced.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(reduced.status().ToString()).c_str());
+        exit_code = 1;
+      }
+      reducer->arm();
+    }
     cudaDeviceSynchronize();
     times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - last).count());
     // The profiler works on this thread's ops (autograd's device threads inherit its state).
@@ -358,6 +381,22 @@ int main(int argc, char** argv) {
   if (!trainer.ok()) {
     std::fprintf(stderr, "%s\n", std::string(trainer.status().ToString()).c_str());
     return 1;
+  }
+  if (local_reducer) {
+    // The tensors the Trainer trains (it froze the rest and, for full fine-tuning on a GPU, packed
+    // q/k/v and gate/up first), in its order, hence its buckets.
+    std::vector<std::pair<std::string, at::Tensor>> trained;
+    for (auto& named : adapter ? adapter->named_parameters() : model->named_parameters()) {
+      if (named.second.requires_grad()) trained.push_back(named);
+    }
+    auto comm = temper::Communicator::create(temper::DistributedEnvironment{}, temper::DistributedOptions{}, device);
+    if (!comm.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(comm.status().ToString()).c_str());
+      return 1;
+    }
+    communicator = *std::move(comm);
+    reducer = std::make_unique<temper::GradientReducer>(*communicator, std::move(trained), options.gradient_bucket_bytes);
+    reducer->arm();
   }
   c10::cuda::CUDACachingAllocator::resetPeakStats(gpu);
   cudaDeviceSynchronize();
@@ -385,10 +424,10 @@ int main(int argc, char** argv) {
   if (env->rank != 0) return exit_code;
   // MFU per GPU: the world's tokens/s over world x 790 TFLOP/s.
   std::printf("{\"bench\":\"train_step\",\"impl\":\"temper\",\"device\":\"%s\",\"shape\":\"%s\",\"mode\":\"%s\","
-              "\"batch\":%lld,\"seq\":%lld,\"ckpt\":%s,\"world_size\":%d,\"zero\":%s,\"median_step_s\":%.4f,"
+              "\"batch\":%lld,\"seq\":%lld,\"ckpt\":%s,\"world_size\":%d,\"zero\":%s,\"local_reducer\":%s,\"median_step_s\":%.4f,"
               "\"tokens_per_s\":%.0f,\"peak_gib\":%.2f,\"mfu_vs_790tflops\":%.3f}\n",
               prop.name, shape_name.c_str(), mode.c_str(), static_cast<long long>(batch), static_cast<long long>(seq),
-              ckpt ? "true" : "false", world, zero ? "true" : "false", median, tokens_per_s, peak_gib,
+              ckpt ? "true" : "false", world, zero ? "true" : "false", local_reducer ? "true" : "false", median, tokens_per_s, peak_gib,
               tokens_per_s * flops_per_token / (790e12 * world));
   return exit_code;
 }

@@ -454,6 +454,46 @@ TEST_CASE("gradients stay in their buckets and late ones are added", "[unit][dis
   }
 }
 
+// The same on a GPU, through real ops (GEMMs, a bias, an fp32 tensor in its own bucket), with
+// the GPU build's libtorch: autograd must adopt the bucket view the hook returns rather than copy
+// it, or two GPUs hold every gradient twice (docs/distributed.md's memory table).
+TEST_CASE("on a GPU a step of one micro-batch keeps each gradient once (in its bucket)", "[cuda][distributed]") {
+  SKIP_WITHOUT_CUDA();
+  const at::Device cuda(at::kCUDA, 0);
+  auto comm = Communicator::create(DistributedEnvironment{}, {}, cuda);  // a world of one: no collective
+  REQUIRE_OK(comm);
+  at::manual_seed(3);
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(cuda);
+  std::vector<std::pair<std::string, at::Tensor>> params = {
+      {"w1", (at::randn({96, 64}, bf16) * 0.1).requires_grad_(true)},
+      {"b1", at::zeros({96}, bf16).requires_grad_(true)},
+      {"w2", (at::randn({32, 96}, bf16) * 0.1).requires_grad_(true)},
+      {"scale", at::ones({32}, bf16.dtype(at::kFloat)).requires_grad_(true)}};
+  // 8 KiB: w1 alone, w2 with b1, and the fp32 tensor in a bucket of its own.
+  GradientReducer reducer(**comm, params, 8 * 1024);
+  const at::Tensor x = at::randn({16, 64}, bf16);
+  auto backward = [&] {
+    for (auto& [name, p] : params) p.mutable_grad() = at::Tensor();  // as the Trainer does
+    const at::Tensor h = at::gelu(at::linear(x, params[0].second, params[1].second));
+    const at::Tensor y = at::linear(h, params[2].second).to(at::kFloat) * params[3].second;
+    y.pow(2).sum().backward();
+  };
+  backward();  // not armed: autograd's own gradients, the reference
+  std::vector<at::Tensor> reference;
+  for (auto& [name, p] : params) reference.push_back(p.grad().clone());
+  reducer.arm();
+  backward();
+  auto reduced = reducer.finish();
+  REQUIRE_OK(reduced);
+  for (size_t k = 0; k < params.size(); ++k) {
+    const at::Tensor& p = params[k].second;
+    INFO(params[k].first);
+    CHECK(p.grad().is_alias_of((*reduced)[k]));  // .grad is the bucket: the original was not kept
+    CHECK((*reduced)[k].scalar_type() == p.scalar_type());
+    CHECK((*reduced)[k].equal(reference[k]));  // a copy, bit for bit (the same kernels ran twice)
+  }
+}
+
 TEST_CASE("two Gloo processes sum gradients in their own dtype, or in fp32 on request", "[unit][distributed]") {
   SKIP_WITHOUT_GLOO();
   TempDir dir;
