@@ -14,6 +14,7 @@ GradientReducer::GradientReducer(Communicator& communicator, std::vector<std::pa
   const size_t n = params_.size();
   views_.resize(n);
   bucket_of_.resize(n);
+  offset_of_.resize(n);
   arrived_.assign(n, false);
   late_.assign(n, false);
   auto dtype_of = [&](size_t k) {
@@ -35,17 +36,12 @@ GradientReducer::GradientReducer(Communicator& communicator, std::vector<std::pa
     filled += numel;
   }
   for (auto& members : groups) {
-    int64_t numel = 0;
-    for (size_t k : members) numel += params_[k].second.numel();
     Bucket bucket;
-    const at::ScalarType dtype = dtype_of(members.front());
-    bucket.buffer = at::zeros({numel}, at::TensorOptions().dtype(dtype).device(communicator_.device()));
-    int64_t offset = 0;
+    bucket.dtype = dtype_of(members.front());
     for (size_t k : members) {
-      const at::Tensor& p = params_[k].second;
-      views_[k] = bucket.buffer.narrow(0, offset, p.numel()).view(p.sizes());
+      offset_of_[k] = bucket.numel;
       bucket_of_[k] = buckets_.size();
-      offset += p.numel();
+      bucket.numel += params_[k].second.numel();
     }
     bucket.members = std::move(members);
     buckets_.push_back(std::move(bucket));
@@ -76,6 +72,24 @@ void GradientReducer::arm() {
 void GradientReducer::reset() {
   std::lock_guard<std::mutex> lock(mutex_);
   armed_ = false;
+  release_buffers_locked();
+}
+
+void GradientReducer::allocate_locked(size_t b) {
+  Bucket& bucket = buckets_[b];
+  if (bucket.buffer.defined()) return;
+  // Uninitialised: every member is written before the bucket is sent (its gradient, or zeros in
+  // finish()).
+  bucket.buffer = at::empty({bucket.numel}, at::TensorOptions().dtype(bucket.dtype).device(communicator_.device()));
+  for (size_t k : bucket.members) {
+    const at::Tensor& p = params_[k].second;
+    views_[k] = bucket.buffer.narrow(0, offset_of_[k], p.numel()).view(p.sizes());
+  }
+}
+
+void GradientReducer::release_buffers_locked() {
+  for (Bucket& b : buckets_) b.buffer = at::Tensor();
+  for (at::Tensor& v : views_) v = at::Tensor();
 }
 
 at::Tensor GradientReducer::on_gradient(size_t index, const at::Tensor& grad) {
@@ -90,6 +104,7 @@ at::Tensor GradientReducer::on_gradient(size_t index, const at::Tensor& grad) {
     return {};
   }
   arrived_[index] = true;
+  allocate_locked(bucket_of_[index]);
   at::Tensor& view = views_[index];
   const at::Tensor& accumulated = params_[index].second.grad();  // earlier micro-batches of this step
   at::Tensor replacement;
@@ -143,6 +158,7 @@ StatusOr<std::vector<at::Tensor>> GradientReducer::finish() {
     };
     // The first pass completes on every rank with the same launches in the same order.
     for (size_t b = next_launch_; b < buckets_.size() && error_.ok(); ++b) {
+      allocate_locked(b);
       for (size_t k : buckets_[b].members) {
         if (!arrived_[k]) fill_from_grad(k);
       }
@@ -174,8 +190,14 @@ StatusOr<std::vector<at::Tensor>> GradientReducer::finish() {
     if (error_.ok()) {
       for (auto& [k, sum] : late) views_[k].add_(sum);
     }
+    // The sums now live in the returned views alone (and in .grad where autograd adopted a view):
+    // the buckets are freed with them, so the next step's forward has their memory.
+    for (auto& w : works_) w.reset();
+    std::vector<at::Tensor> sums = std::move(views_);
+    views_.assign(params_.size(), at::Tensor());
+    release_buffers_locked();
     if (!error_.ok()) return error_;
-    return views_;
+    return sums;
   });
 }
 

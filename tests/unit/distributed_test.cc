@@ -22,6 +22,9 @@
 #include <vector>
 
 #include <ATen/detail/CUDAHooksInterface.h>
+#ifdef TEMPER_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 #include <catch2/catch.hpp>
 
 #include "dist/gradient_reducer.hpp"
@@ -431,6 +434,16 @@ TEST_CASE("gradients stay in their buckets and late ones are added", "[unit][dis
         for (size_t k = 0; k < params.size(); ++k) CHECK(reduced[k].equal(expected[k]));
       }
       {
+        INFO("finish() leaves each bucket to the sums it returned: freed with them and .grad");
+        std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> buckets;
+        {
+          auto [reduced, expected] = step(1, 1);
+          for (const at::Tensor& r : reduced) buckets.push_back(r.storage().getWeakStorageImpl());
+        }
+        for (auto& [name, p] : params) p.mutable_grad() = at::Tensor();
+        for (const auto& bucket : buckets) CHECK(bucket.expired());  // the reducer kept none
+      }
+      {
         INFO("two micro-batches: .grad holds the first, the bucket the sum");
         auto [reduced, expected] = step(2, 1);
         for (size_t k = 0; k < params.size(); ++k) {
@@ -481,6 +494,11 @@ TEST_CASE("on a GPU a step of one micro-batch keeps each gradient once (in its b
   backward();  // not armed: autograd's own gradients, the reference
   std::vector<at::Tensor> reference;
   for (auto& [name, p] : params) reference.push_back(p.grad().clone());
+#ifdef TEMPER_WITH_CUDA
+  for (auto& [name, p] : params) p.mutable_grad() = at::Tensor();
+  auto allocated = [] { return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].current; };
+  const int64_t before = allocated();
+#endif
   reducer.arm();
   backward();
   auto reduced = reducer.finish();
@@ -492,6 +510,14 @@ TEST_CASE("on a GPU a step of one micro-batch keeps each gradient once (in its b
     CHECK((*reduced)[k].scalar_type() == p.scalar_type());
     CHECK((*reduced)[k].equal(reference[k]));  // a copy, bit for bit (the same kernels ran twice)
   }
+#ifdef TEMPER_WITH_CUDA
+  // The buckets go with the sums: once the caller drops what finish() returned and .grad, the
+  // device holds what it held before the step (the buckets are made again in the next backward).
+  CHECK(allocated() > before);
+  reduced->clear();
+  for (auto& [name, p] : params) p.mutable_grad() = at::Tensor();
+  CHECK(allocated() == before);
+#endif
 }
 
 TEST_CASE("two Gloo processes sum gradients in their own dtype, or in fp32 on request", "[unit][distributed]") {
