@@ -93,14 +93,38 @@ absl::StatusOr<std::regex> compile_peft_regex(const std::string& pattern, const 
     return absl::InvalidArgumentError(str_cat(what, " is ", pattern.size(), " bytes long; temper compiles regular "
                                               "expressions of at most ", kMaxPeftRegexBytes, " bytes"));
   }
-  // Group depth, skipping escaped characters and bracket expressions.
+  // Group depth, skipping escaped characters and bracket expressions; and the numbers the
+  // compiler converts (a back-reference's \N, a repetition's {m,n}): libstdc++ 12 accumulates
+  // their digits in a long without an overflow check (undefined behaviour past 18 digits, found
+  // by fuzz_peft_config), so more than kMaxPeftRegexNumberDigits are refused here.
+  auto digits_from = [&](size_t j) {
+    size_t n = 0;
+    while (j + n < pattern.size() && pattern[j + n] >= '0' && pattern[j + n] <= '9') ++n;
+    return n;
+  };
+  auto too_long_number = [&](size_t at, size_t digits) {
+    return absl::InvalidArgumentError(str_cat(what, " has a ", digits, "-digit number at byte ", at,
+                                              " (a back-reference or repetition count); temper allows at most ",
+                                              kMaxPeftRegexNumberDigits, " digits"));
+  };
   int depth = 0;
   int max_depth = 0;
   bool in_class = false;
   for (size_t i = 0; i < pattern.size(); ++i) {
     const char c = pattern[i];
     if (c == '\\') {
+      if (const size_t n = digits_from(i + 1); n > kMaxPeftRegexNumberDigits) return too_long_number(i + 1, n);
       ++i;
+    } else if (c == '{') {
+      // Inside brackets too: checking there costs nothing and refuses no realistic pattern.
+      size_t j = i + 1;
+      for (int part = 0; part < 2; ++part) {
+        const size_t n = digits_from(j);
+        if (n > kMaxPeftRegexNumberDigits) return too_long_number(j, n);
+        j += n;
+        if (j >= pattern.size() || pattern[j] != ',') break;
+        ++j;
+      }
     } else if (in_class) {
       in_class = c != ']';
     } else if (c == '[') {

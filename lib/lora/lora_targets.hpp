@@ -59,10 +59,13 @@ std::vector<std::string> peft_target_list(const std::vector<LinearModuleRef>& mo
 // config from hanging or crashing the host: at most kMaxPeftRegexBytes long, groups nested at most
 // kMaxPeftRegexNesting deep (libstdc++'s regex compiler recurses per group), and matched in
 // polynomial time (libstdc++'s breadth-first executor, so "(.*.*)*x" cannot backtrack
-// exponentially; back-references, which need backtracking, are refused). INVALID_ARGUMENT names
-// `what` ("rank_pattern key \"...\"") and the reason.
+// exponentially; back-references, which need backtracking, are refused), with no number (a
+// back-reference's or a repetition count's) of more than kMaxPeftRegexNumberDigits digits, which
+// libstdc++ would convert with an unchecked overflow. INVALID_ARGUMENT names `what`
+// ("rank_pattern key \"...\"") and the reason.
 inline constexpr size_t kMaxPeftRegexBytes = 4096;
 inline constexpr int kMaxPeftRegexNesting = 32;
+inline constexpr size_t kMaxPeftRegexNumberDigits = 9;
 absl::StatusOr<std::regex> compile_peft_regex(const std::string& pattern, const std::string& what);
 
 // rank_pattern / alpha_pattern keys compiled once, in precedence order.

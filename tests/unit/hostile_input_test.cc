@@ -106,6 +106,16 @@ TEST_CASE("PEFT regular expressions that could hang or crash the host are refuse
   REQUIRE_OK(compile_peft_regex(R"([(((((]\(\(\(.*q_proj)", "target_modules"));
   REQUIRE_OK(compile_peft_regex(std::string(kMaxPeftRegexNesting, '(') + "q" + std::string(kMaxPeftRegexNesting, ')'),
                                 "target_modules"));
+  // Numbers libstdc++ 12 would convert with an unchecked overflow (fuzz_peft_config found the
+  // back-reference in a rank_pattern key): refused by their length, before compiling.
+  for (const std::string pattern : {R"(layers\18446744073709551615.0\..*)", "q{99999999999999999999}",
+                                    "q{1,18446744073709551616}", "[{]{0,1234567890}"}) {
+    INFO(pattern);
+    const absl::Status refused = compile_peft_regex(pattern, "rank_pattern key").status();
+    CHECK(refused.code() == absl::StatusCode::kInvalidArgument);
+    CHECK_THAT(message(refused), Catch::Contains("-digit number at byte") && Catch::Contains("rank_pattern key"));
+  }
+  REQUIRE_OK(compile_peft_regex("layers\\.[0-9]{1,3}\\.q_proj", "rank_pattern key"));
   // A pattern with catastrophic backtracking in a backtracking engine, on a long module name:
   // matched in polynomial time, so this returns (quickly) instead of hanging.
   auto evil = compile_peft_regex("(a|a)*(a|a)*b", "target_modules");
