@@ -22,6 +22,9 @@
 #                  full fine-tuning on one GPU and on two through tools/temper-launch (same per-GPU
 #                  batch), full fine-tuning also with ZeRO-1 (--zero); DIST_RUNS picks the runs,
 #                  DIST_PROFILE=1 first profiles rank 0 of a two-GPU full fine-tuning step
+#   PART=reducer   (one GPU) what data parallelism costs besides NCCL: train_bench 1B full fine-tuning
+#                  and LoRA, each without and with --local-reducer (the gradient reducer on a world
+#                  of one), in turn, twice; step time and peak memory side by side
 #   PART=losscurve bench/loss_curve.py: temper's and transformers (+ PEFT)'s loss curves on the same
 #                  tokens and initial adapter, LoRA and full fine-tuning, fp32 (needs data/corpora carried)
 # PART may list several, comma-separated. Results go to $OUT (few files: logs are tarred).
@@ -50,7 +53,7 @@ if [[ $part == *,fixtures,* ]]; then
 fi
 
 if [[ $part == *,build,* || $part == *,cudatests,* || $part == *,bench,* || $part == *,tokbench,* || $part == *,dist,* ||
-      $part == *,losscurve,* ]]; then
+      $part == *,losscurve,* || $part == *,reducer,* ]]; then
   mkdir -p "$snap/.deps"
   [ "$snap" = "$root" ] || ln -sfn "$root/.deps/debs" "$snap/.deps/debs"
   if ! (. "$snap/tools/gpu/build.sh" > "$out/logs/build.log" 2>&1); then
@@ -115,6 +118,15 @@ if [[ $part == *,losscurve,* ]]; then
     --out-jsonl "$out/loss_curve.jsonl" 2> "$out/logs/loss_curve.log" | tee "$out/loss_curve.md"
   echo "loss_curve exit ${PIPESTATUS[0]}"; tail -5 "$out/logs/loss_curve.log"
 fi
+if [[ $part == *,reducer,* ]]; then
+  for mode in full lora; do
+    for flags in "" --local-reducer "" --local-reducer; do
+      "$snap/build-gpu/bench/train_bench" --shape 1b --mode $mode --steps 8 $flags 2>> "$out/logs/reducer_bench.log" \
+        | tee -a "$out/reducer_bench.jsonl"
+    done
+  done
+fi
+
 if [[ $part == *,dist,* ]]; then
   export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off on the lent machines
   (cd "$snap" && build-gpu/tests/temper_tests "[cuda][distributed]" -r compact > "$out/logs/dist_tests.log" 2>&1; \
