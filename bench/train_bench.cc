@@ -23,8 +23,8 @@
 // GradientReducer over the trained tensors, on a world of one (no collective), armed for every
 // step: its hooks copy each gradient into its bucket and hand autograd the bucket view as .grad,
 // as on two GPUs. Against the same run without it, step time and peak memory say what data
-// parallelism costs besides NCCL's transfers (and whether .grad really is the bucket: a kept
-// original would show as a higher peak).
+// parallelism costs besides NCCL's transfers (the time of the hooks and copies, and whatever the
+// buckets add at the step's peak).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
