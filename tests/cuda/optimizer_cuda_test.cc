@@ -164,10 +164,10 @@ TEST_CASE("AdamW on CUDA with bf16 parameters and fp32 masters matches the CPU o
 
 TEST_CASE("AdamW on CUDA given one gradient tensor for two parameters scales it once for each", "[cuda][optimizer]") {
   SKIP_WITHOUT_CUDA();
-  // torch's fused path scales gradients in place, which would scale a shared one twice (or, as
-  // seen on an H100 with the guard removed, race: both list entries read the original before
-  // either wrote, so the masters still matched and only the path check below failed); such a
-  // call must take the per-tensor path (scaled copies) and still match the CPU optimizer.
+  // torch's fused path scales gradients in place, which would scale a shared one twice; such a
+  // call must take the per-tensor path (scaled copies) and still match the CPU optimizer. (On an
+  // H100 with that guard removed only the path check below failed: the masters still matched,
+  // presumably because the one multi-tensor launch read both entries before writing either.)
   OptimizerOptions options;
   options.eps = 0.1;  // a gradient scaled twice must show in the masters
   options.weight_decay = 0.1;
