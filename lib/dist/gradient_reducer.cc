@@ -193,8 +193,7 @@ StatusOr<std::vector<at::Tensor>> GradientReducer::finish() {
     // The sums now live in the returned views alone (and in .grad where autograd adopted a view):
     // the buckets are freed with them, so the next step's forward has their memory.
     for (auto& w : works_) w.reset();
-    std::vector<at::Tensor> sums = std::move(views_);
-    views_.assign(params_.size(), at::Tensor());
+    std::vector<at::Tensor> sums = views_;
     release_buffers_locked();
     if (!error_.ok()) return error_;
     return sums;
